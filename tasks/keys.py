@@ -1,0 +1,69 @@
+"""Every Redis key, stream, job function name and retention the parts share, in one place.
+
+Producers, the orchestrator and the agent meet only through these names; other languages
+follow them as documented in the README.
+"""
+
+from __future__ import annotations
+
+# arq's own names (its defaults, so `arq orchestrator.WorkerSettings` needs no queue setting).
+QUEUE_NAME = "arq:queue"
+ARQ_JOB_PREFIX = "arq:job:"
+ARQ_RESULT_PREFIX = "arq:result:"
+
+# Job function names: the `f` field of a job.
+DISPATCH_AGENT = "dispatch_agent"
+END_SESSION = "end_session"
+SESSION_REPORT = "session_report"
+REJECT_MALFORMED_JOB = "reject_malformed_job"
+
+PREFIX = "lkd:"
+RESULTS_STREAM = PREFIX + "results"
+"""Terminal session reports, one entry per session (README: "Results stream")."""
+DEAD_LETTER_STREAM = PREFIX + "dead-letters"
+"""Failed dispatches and rejected jobs, with their reason and what is needed to replay them."""
+DUPLICATE_REPORTS_STREAM = PREFIX + "duplicate-reports"
+"""Second and later reports for a session that already has its terminal report."""
+
+LIVE_SESSIONS = PREFIX + "sessions:live"
+"""Sorted set of session ids not yet terminal, scored by claim time (unix ms)."""
+RECENT_SESSIONS = PREFIX + "sessions:recent"
+"""Sorted set of every session id, scored by creation time (unix ms), trimmed by retention."""
+
+RESULTS_STREAM_MAXLEN = 100_000
+DEAD_LETTER_STREAM_MAXLEN = 100_000
+
+
+def dispatch_job_id(event_id: str) -> str:
+    """The arq job id of an event's dispatch: one job per event."""
+    return f"dispatch:{event_id}"
+
+
+def report_job_id(session_id: str, nonce: str) -> str:
+    """Every report is its own job, so a second report for a session reaches the
+    orchestrator and is recorded as a duplicate rather than vanishing."""
+    return f"session_report:{session_id}:{nonce}"
+
+
+def event_key(event_id: str) -> str:
+    """Event idempotency record; outlives arq's result so a late replay is still recognised."""
+    return f"{PREFIX}event:{event_id}"
+
+
+def room_claim_key(room: str) -> str:
+    """Which session holds a room; exists exactly while that session is live."""
+    return f"{PREFIX}room:{room}"
+
+
+def session_key(session_id: str) -> str:
+    return f"{PREFIX}session:{session_id}"
+
+
+def room_sessions_key(room: str) -> str:
+    """Sorted set of a room's session ids by creation time, for look-ups by room."""
+    return f"{PREFIX}room-sessions:{room}"
+
+
+def report_filed_key(session_id: str) -> str:
+    """Set once the session's terminal report is on the results stream."""
+    return f"{PREFIX}report-filed:{session_id}"

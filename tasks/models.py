@@ -1,0 +1,200 @@
+"""The wire contract: events in, job metadata to the agent, session reports out.
+
+Every model has a `type` literal and a `version`, so a consumer can tell what it holds and a
+later change can be told apart. Field limits are LiveKit's, checked before any call reaches it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# LiveKit limits (../shared/reference/livekit-server-dispatch.md §5). Dispatch metadata is
+# capped at 512 KiB from server v1.13.2 and at 64000 bytes for room/participant metadata
+# before it; we hold job metadata to the older, smaller limit so every server accepts it.
+MAX_METADATA_BYTES = 64_000
+MAX_ROOM_NAME_BYTES = 256
+MAX_EVENT_ID_CHARS = 200
+MAX_AGENT_NAME_CHARS = 128
+
+EVENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@/+=-]+$")
+AGENT_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+SessionStatus = Literal["completed", "failed", "lost"]
+DispatchOutcome = Literal["dispatched", "deduplicated", "expired", "failed", "duplicate_event"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError("must carry a timezone (for example 2026-11-21T14:00:00Z)")
+    return value
+
+
+def check_room(room: str) -> str:
+    if not room:
+        raise ValueError("must not be empty")
+    if len(room.encode()) > MAX_ROOM_NAME_BYTES:
+        raise ValueError(f"is over LiveKit's {MAX_ROOM_NAME_BYTES}-byte room name limit")
+    if _CONTROL.search(room):
+        raise ValueError("must not contain control characters")
+    return room
+
+
+def check_agent_name(name: str) -> str:
+    if len(name) > MAX_AGENT_NAME_CHARS or not AGENT_NAME_PATTERN.match(name):
+        raise ValueError(
+            f"{name!r} is not a valid agent name: use letters, digits, '.', '_' or '-', "
+            f"starting with a letter or digit, at most {MAX_AGENT_NAME_CHARS} characters"
+        )
+    return name
+
+
+def session_id_for(event_id: str, generation: int = 0) -> str:
+    """The session id of an event's dispatch; stable across retries so a retry can adopt
+    the dispatch an earlier try created. `generation` counts dead-letter replays."""
+    digest = hashlib.blake2b(f"{event_id}\x00{generation}".encode(), digest_size=10).hexdigest()
+    return f"S_{digest}"
+
+
+class DispatchRequest(_Model):
+    """An upstream event asking for one agent in `room`."""
+
+    type: Literal["dispatch"] = "dispatch"
+    version: Literal[1] = 1
+    event_id: str = Field(min_length=1, max_length=MAX_EVENT_ID_CHARS)
+    room: str
+    agent_name: str | None = None
+    """Falls back to the orchestrator's configured default agent name."""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    """The producer's payload; reaches the agent inside the job metadata."""
+    expires_at: datetime | None = None
+    """An event still waiting at this time is dropped with outcome `expired`."""
+    not_before: datetime | None = None
+    """Deferred dispatch: not before this time."""
+
+    @field_validator("event_id")
+    @classmethod
+    def _event_id(cls, value: str) -> str:
+        if not EVENT_ID_PATTERN.match(value):
+            raise ValueError("may hold only letters, digits and . _ : @ / + = - (no spaces)")
+        return value
+
+    @field_validator("room")
+    @classmethod
+    def _room(cls, value: str) -> str:
+        return check_room(value)
+
+    @field_validator("agent_name")
+    @classmethod
+    def _agent_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_agent_name(value)
+
+    @field_validator("expires_at", "not_before")
+    @classmethod
+    def _tz(cls, value: datetime | None) -> datetime | None:
+        return _aware(value)
+
+    @model_validator(mode="after")
+    def _metadata_fits(self) -> DispatchRequest:
+        size = len(
+            JobMetadata(
+                session_id=session_id_for(self.event_id), event_id=self.event_id,
+                metadata=self.metadata,
+            ).to_json().encode()
+        )  # fmt: skip
+        if size > MAX_METADATA_BYTES:
+            raise ValueError(
+                f"metadata makes a {size}-byte job metadata, over LiveKit's "
+                f"{MAX_METADATA_BYTES}-byte limit: send a reference instead of the data"
+            )
+        return self
+
+
+class JobMetadata(_Model):
+    """What the agent finds in `ctx.job.metadata` (a JSON object)."""
+
+    type: Literal["lkd.job"] = "lkd.job"
+    version: Literal[1] = 1
+    session_id: str
+    event_id: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+
+class EndSessionRequest(_Model):
+    """End a session by its id or by its room: the agent leaves, or everyone does."""
+
+    type: Literal["end_session"] = "end_session"
+    version: Literal[1] = 1
+    session_id: str | None = None
+    room: str | None = None
+    delete_room: bool = False
+    """False: delete the dispatch (the agent leaves). True: delete the room (everyone leaves)."""
+    reason: str = Field(default="ended by request", max_length=500)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> EndSessionRequest:
+        if (self.session_id is None) == (self.room is None):
+            raise ValueError("give exactly one of session_id and room")
+        if self.room is not None:
+            check_room(self.room)
+        return self
+
+
+class ParticipantRecord(_Model):
+    identity: str
+    kind: str = "standard"
+    joined_at: datetime | None = None
+    left_at: datetime | None = None
+    speaking_time_s: float | None = None
+
+
+class SessionReport(_Model):
+    """The one terminal record of a session, as filed on the results stream."""
+
+    type: Literal["session_report"] = "session_report"
+    version: Literal[1] = 1
+    session_id: str
+    event_id: str
+    room: str
+    status: SessionStatus
+    agent_name: str | None = None
+    dispatch_id: str | None = None
+    job_id: str | None = None
+    worker_id: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    duration_s: float | None = None
+    end_reason: str = ""
+    error: str | None = None
+    participants: list[ParticipantRecord] = Field(default_factory=list)
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    source: Literal["agent", "orchestrator"] = "agent"
+    """Who wrote it: the agent, or the orchestrator (failed dispatch, lost agent)."""
+
+    @field_validator("started_at", "ended_at")
+    @classmethod
+    def _tz(cls, value: datetime | None) -> datetime | None:
+        return _aware(value)
+
+    @model_validator(mode="after")
+    def _failure_has_reason(self) -> SessionReport:
+        if self.status != "completed" and not self.error:
+            raise ValueError(f"a {self.status} report needs an error saying why")
+        return self
+
+
+def compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
