@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 class TwirpFault:
     """What to do to calls of one endpoint."""
 
-    latency_ms: float = 0.0
+    latency_ms: float = 0.0  # before the call is handled
+    response_delay_ms: float = 0.0  # after the call took effect, before its answer
     error_rate: float = 0.0  # share of calls answered with `error_code`, 0..1
     error_code: str = "unavailable"
     error_msg: str = "injected fault"

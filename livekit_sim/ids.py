@@ -16,5 +16,16 @@ TRACK = "TR_"
 EVENT = "EV_"
 
 
+_BASE = len(ALPHABET)
+# 57**12 < 2**71: 80 random bits reduced modulo 57**12 keep the bias below 2**-9 per id.
+_RANDOM_BITS = 80
+
+
 def new_id(prefix: str) -> str:
-    return prefix + "".join(secrets.choice(ALPHABET) for _ in range(SIZE))
+    """`prefix` + 12 random base57 characters, like livekit's guid.New."""
+    n = secrets.randbits(_RANDOM_BITS)
+    chars = []
+    for _ in range(SIZE):
+        n, r = divmod(n, _BASE)
+        chars.append(ALPHABET[r])
+    return prefix + "".join(chars)

@@ -1,24 +1,46 @@
-"""LiveKitSim: the aiohttp application that stands in for livekit-server.
-
-THIS FILE IS A SKELETON: the sim-core work fills in rooms, Twirp, control API and webhooks.
-"""
+"""LiveKitSim: the aiohttp application that stands in for livekit-server."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Mapping, Sequence
 from types import TracebackType
+from typing import Any
 
 from aiohttp import web
+from livekit.protocol import agent_dispatch, models
 
+from livekit_sim.control import ControlAPI, proto_dict
 from livekit_sim.faults import Faults
+from livekit_sim.rooms import RoomRegistry, SimRoom
+from livekit_sim.twirp import MAX_REQUEST_BODY_BYTES, CallRecord, TwirpService
+from livekit_sim.webhooks import WebhookNotifier
 from livekit_sim.workers import WorkerPool
+
+log = logging.getLogger(__name__)
 
 DEV_API_KEY = "devkey"
 DEV_API_SECRET = "secret"
+# livekit-server config defaults: room.empty_timeout, room.departure_timeout.
+DEFAULT_EMPTY_TIMEOUT_S = 300.0
+DEFAULT_DEPARTURE_TIMEOUT_S = 20.0
+# psrpc to a room nobody hosts: 3 attempts x 1 s before "no response from servers".
+DEFAULT_MISSING_ROOM_DELAY_S = 3.0
+ROOM_CHECK_INTERVAL_S = 1.0
 
 
 class LiveKitSim:
-    """A local LiveKit-compatible server: `async with LiveKitSim() as sim: sim.url ...`."""
+    """A local LiveKit-compatible server: `async with LiveKitSim() as sim: sim.url ...`.
+
+    Serves the Twirp RoomService / AgentDispatchService, the `/agent` worker websocket and
+    the `/_sim/` control API on one port; posts signed webhooks to `webhook_urls`.
+    `empty_timeout_s` / `departure_timeout_s` are the defaults for rooms whose creation does
+    not set them (fractions of a second allowed, for tests); `missing_room_delay_s` is how
+    long List/DeleteDispatch on a room that is not running take before `unavailable`.
+    """
 
     def __init__(
         self,
@@ -28,17 +50,48 @@ class LiveKitSim:
         api_key: str = DEV_API_KEY,
         api_secret: str = DEV_API_SECRET,
         extra_keys: Mapping[str, str] | None = None,
+        webhook_urls: Sequence[str] = (),
+        webhook_api_key: str | None = None,
+        empty_timeout_s: float = DEFAULT_EMPTY_TIMEOUT_S,
+        departure_timeout_s: float = DEFAULT_DEPARTURE_TIMEOUT_S,
+        missing_room_delay_s: float = DEFAULT_MISSING_ROOM_DELAY_S,
+        room_check_interval_s: float = ROOM_CHECK_INTERVAL_S,
+        max_call_log: int = 100_000,
     ) -> None:
         self.host = host
         self.port = port
         self.api_key = api_key
         self.api_secret = api_secret
         self.keys: dict[str, str] = {api_key: api_secret, **(extra_keys or {})}
+        hook_key = webhook_api_key or api_key
+        if webhook_urls and hook_key not in self.keys:
+            raise ValueError("api_key is required to use webhooks: webhook_api_key not in keys")
         self.faults = Faults()
         self.workers = WorkerPool(self.keys, self.faults)
-        self.app = web.Application()
+        self.webhooks = WebhookNotifier(webhook_urls, hook_key, self.keys[hook_key])
+        self.room_registry = RoomRegistry(
+            self.workers,
+            empty_timeout_s=empty_timeout_s,
+            departure_timeout_s=departure_timeout_s,
+            on_event=self.webhooks.notify,
+        )
+        self.twirp = TwirpService(
+            self.room_registry,
+            self.keys,
+            self.faults,
+            missing_room_delay_s=missing_room_delay_s,
+            max_call_log=max_call_log,
+        )
+        self._room_check_interval_s = room_check_interval_s
+        # Bodies over 10 MiB: aiohttp raises 413, answered as the real server's plain-text 413.
+        self.app = web.Application(client_max_size=MAX_REQUEST_BODY_BYTES)
         self.app.router.add_get("/agent", self.workers.handle)
+        self.twirp.add_routes(self.app)
+        ControlAPI(self).add_routes(self.app)
         self._runner: web.AppRunner | None = None
+        self._reaper: asyncio.Task[None] | None = None
+
+    # -- addresses -------------------------------------------------------------------------
 
     @property
     def url(self) -> str:
@@ -48,7 +101,105 @@ class LiveKitSim:
     def ws_url(self) -> str:
         return f"ws://{self.host}:{self.port}"
 
+    # -- inspection ------------------------------------------------------------------------
+
+    @property
+    def calls(self) -> deque[CallRecord]:
+        """Every Twirp call that reached the sim, oldest first (bounded by max_call_log)."""
+        return self.twirp.calls
+
+    def calls_to(self, method: str) -> list[CallRecord]:
+        """Calls of one method, e.g. "AgentDispatchService/CreateDispatch"."""
+        return [c for c in self.twirp.calls if c.method == method]
+
+    @property
+    def rooms(self) -> dict[str, SimRoom]:
+        """Live rooms by name."""
+        return self.room_registry.rooms
+
+    def room(self, name: str) -> SimRoom | None:
+        return self.room_registry.rooms.get(name)
+
+    def dispatches(self, room: str) -> list[agent_dispatch.AgentDispatch]:
+        """The room's dispatches as ListDispatch would return them ([] if not running)."""
+        sim_room = self.room(room)
+        return list(sim_room.dispatches.values()) if sim_room else []
+
+    def participants(self, room: str) -> list[models.ParticipantInfo]:
+        sim_room = self.room(room)
+        return list(sim_room.participants.values()) if sim_room else []
+
+    def counters(self) -> dict[str, int]:
+        """Room, job and webhook counters, plus Twirp calls keyed "method code"."""
+        registry, hooks = self.room_registry, self.webhooks
+        return {
+            "rooms_created": registry.rooms_created,
+            "rooms_closed": registry.rooms_closed,
+            "jobs_requested": registry.jobs_requested,
+            "jobs_assigned": registry.jobs_assigned,
+            "webhooks_delivered": hooks.delivered,
+            "webhooks_failed": hooks.failed,
+            "webhooks_dropped": hooks.dropped,
+            **self.twirp.counts,
+        }
+
+    def state(self) -> dict[str, Any]:
+        """JSON-able view of rooms (with dispatches and participants), workers and counters."""
+        try:
+            workers: list[dict[str, object]] | None = self.workers.snapshot()
+        except NotImplementedError:
+            workers = None
+        return {
+            "rooms": [
+                {
+                    "room": proto_dict(r.snapshot()),
+                    "dispatches": [proto_dict(d) for d in r.dispatches.values()],
+                    "participants": [proto_dict(p) for p in r.participants.values()],
+                }
+                for r in self.rooms.values()
+            ],
+            "workers": workers,
+            "counters": self.counters(),
+        }
+
+    # -- control ---------------------------------------------------------------------------
+
+    async def join_participant(
+        self,
+        room: str,
+        identity: str,
+        *,
+        name: str = "",
+        kind: str = "standard",
+        metadata: str = "",
+        attributes: Mapping[str, str] | None = None,
+    ) -> models.ParticipantInfo:
+        """A simulated participant joins `room` (created if not running).
+
+        Non-agent participants trigger JT_PARTICIPANT job requests for every dispatch;
+        participant_joined fires. Raises RoomFullError past max_participants.
+        """
+        return self.room_registry.join(
+            room, identity, name=name, kind=kind, metadata=metadata, attributes=attributes
+        )
+
+    async def leave_participant(self, room: str, identity: str) -> models.ParticipantInfo:
+        """The participant leaves; participant_left fires and the departure timeout starts."""
+        return self.room_registry.leave(room, identity)
+
+    async def close_room(self, room: str) -> bool:
+        """Close a room now, as DeleteRoom does; False when it is not running."""
+        return self.room_registry.close(room)
+
+    async def settle(self) -> None:
+        """Wait until background job requests, terminations and webhooks are done."""
+        await self.room_registry.drain()
+        await self.webhooks.join()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
     async def start(self) -> LiveKitSim:
+        await self.webhooks.start()
         self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -57,13 +208,23 @@ class LiveKitSim:
             server = site._server
             assert server is not None
             self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._reaper = asyncio.create_task(
+            self.room_registry.run_reaper(self._room_check_interval_s)
+        )
         return self
 
     async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+        await self.room_registry.aclose()
         await self.workers.aclose()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self.webhooks.aclose()
 
     async def __aenter__(self) -> LiveKitSim:
         return await self.start()
