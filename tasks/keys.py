@@ -16,6 +16,8 @@ DISPATCH_AGENT = "dispatch_agent"
 END_SESSION = "end_session"
 SESSION_REPORT = "session_report"
 REJECT_MALFORMED_JOB = "reject_malformed_job"
+CONFIRM_ASSIGNMENT = "confirm_assignment"
+RECONCILE_SESSIONS = "reconcile_sessions"
 
 PREFIX = "lkd:"
 RESULTS_STREAM = PREFIX + "results"
@@ -59,9 +61,24 @@ def session_key(session_id: str) -> str:
     return f"{PREFIX}session:{session_id}"
 
 
+def session_payload_key(session_id: str) -> str:
+    """The job metadata of a live session, kept to dispatch it again; deleted when it ends."""
+    return f"{PREFIX}session-payload:{session_id}"
+
+
 def room_sessions_key(room: str) -> str:
     """Sorted set of a room's session ids by creation time, for look-ups by room."""
     return f"{PREFIX}room-sessions:{room}"
+
+
+AGENT_HEARTBEAT_INTERVAL_S = 5.0
+"""How often a running agent session refreshes its heartbeat."""
+
+
+def agent_heartbeat_key(session_id: str) -> str:
+    """Unix ms of the agent's last sign of life for a session; its absence past the grace
+    period (after it was once seen) means the agent died without reporting."""
+    return f"{PREFIX}agent-heartbeat:{session_id}"
 
 
 def report_filed_key(session_id: str) -> str:

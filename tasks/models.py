@@ -108,10 +108,13 @@ class DispatchRequest(_Model):
     def _metadata_fits(self) -> DispatchRequest:
         size = len(
             JobMetadata(
-                session_id=session_id_for(self.event_id), event_id=self.event_id,
+                session_id=session_id_for(self.event_id),
+                event_id=self.event_id,
                 metadata=self.metadata,
-            ).to_json().encode()
-        )  # fmt: skip
+            )
+            .to_json()
+            .encode()
+        )
         if size > MAX_METADATA_BYTES:
             raise ValueError(
                 f"metadata makes a {size}-byte job metadata, over LiveKit's "

@@ -54,9 +54,12 @@ class ResultsConsumer:
         """Entries this consumer was handed before and has not acknowledged, else new ones."""
         for start in ("0", ">"):
             reply = await self.redis.xreadgroup(
-                self.group, self.consumer, {RESULTS_STREAM: start}, count=count,
+                self.group,
+                self.consumer,
+                {RESULTS_STREAM: start},
+                count=count,
                 block=block_ms if start == ">" else None,
-            )  # fmt: skip
+            )
             entries = [_decode(eid, f) for _, rows in reply or [] for eid, f in rows if f]
             if entries:
                 return entries

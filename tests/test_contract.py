@@ -117,9 +117,14 @@ async def test_same_event_twice_is_one_job(arq_redis: ArqRedis) -> None:
     stored = json.loads(await arq_redis.get(f"arq:job:{first.job_id}"))
     assert stored["f"] == DISPATCH_AGENT
     assert stored["a"] == [
-        {"type": "dispatch", "version": 1, "event_id": "evt-9", "room": "support-42",
-         "metadata": {"a": 1}}
-    ]  # fmt: skip
+        {
+            "type": "dispatch",
+            "version": 1,
+            "event_id": "evt-9",
+            "room": "support-42",
+            "metadata": {"a": 1},
+        }
+    ]
 
 
 async def test_not_before_defers_the_job(arq_redis: ArqRedis) -> None:

@@ -1,0 +1,137 @@
+"""The dead-letter stream: failed dispatches and rejected jobs, each with the reason a person
+can act on, and the replay of a failed dispatch."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from arq import ArqRedis
+
+from tasks import keys
+from tasks.serialization import serialize
+
+REPLAYED = keys.PREFIX + "dead-letters:replayed"
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    entry_id: str
+    kind: str  # "failed_dispatch" | "invalid_event" | "malformed_job"
+    reason: str
+    job_id: str
+    event_id: str
+    session_id: str
+    payload: str  # the event (JSON) or the raw job text, kept so nothing is lost
+    generation: int
+    at_ms: int
+    replayed_as: str | None = None
+
+    @property
+    def replayable(self) -> bool:
+        return self.kind == "failed_dispatch" and self.replayed_as is None
+
+
+class ReplayError(Exception):
+    """A dead letter that cannot be replayed; the message says why."""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def add(
+    redis: ArqRedis,
+    *,
+    kind: str,
+    reason: str,
+    job_id: str,
+    payload: Any,
+    event_id: str = "",
+    session_id: str = "",
+    generation: int = 0,
+) -> str:
+    text = payload if isinstance(payload, str) else serialize({"event": payload}).decode()
+    entry = await redis.xadd(
+        keys.DEAD_LETTER_STREAM,
+        {
+            "kind": kind,
+            "reason": reason,
+            "job_id": job_id,
+            "event_id": event_id,
+            "session_id": session_id,
+            "generation": generation,
+            "payload": text,
+            "at_ms": int(time.time() * 1000),
+        },
+        maxlen=keys.DEAD_LETTER_STREAM_MAXLEN,
+        approximate=True,
+    )
+    return _text(entry)
+
+
+def _decode(
+    entry_id: bytes | str, fields: dict[bytes, bytes], replayed: dict[str, str]
+) -> DeadLetter:
+    f = {_text(k): _text(v) for k, v in fields.items()}
+    eid = _text(entry_id)
+    return DeadLetter(
+        entry_id=eid,
+        kind=f.get("kind", ""),
+        reason=f.get("reason", ""),
+        job_id=f.get("job_id", ""),
+        event_id=f.get("event_id", ""),
+        session_id=f.get("session_id", ""),
+        payload=f.get("payload", ""),
+        generation=int(f.get("generation") or 0),
+        at_ms=int(f.get("at_ms") or 0),
+        replayed_as=replayed.get(eid),
+    )
+
+
+async def recent(redis: ArqRedis, count: int = 50) -> list[DeadLetter]:
+    """The newest dead letters, newest first."""
+    rows = await redis.xrevrange(keys.DEAD_LETTER_STREAM, count=count)
+    raw: dict[bytes, bytes] = await redis.hgetall(REPLAYED)  # type: ignore[misc]
+    replayed = {_text(k): _text(v) for k, v in raw.items()}
+    return [_decode(eid, fields, replayed) for eid, fields in rows]
+
+
+async def get(redis: ArqRedis, entry_id: str) -> DeadLetter | None:
+    rows = await redis.xrange(keys.DEAD_LETTER_STREAM, min=entry_id, max=entry_id)
+    if not rows:
+        return None
+    replayed = await redis.hget(REPLAYED, entry_id)  # type: ignore[misc]
+    return _decode(rows[0][0], rows[0][1], {entry_id: _text(replayed)} if replayed else {})
+
+
+async def replay(redis: ArqRedis, entry_id: str) -> str:
+    """Enqueue a failed dispatch again, as a new session of the same event; the new job id.
+
+    Replaying twice is refused: the first replay's job id is returned in the error.
+    """
+    letter = await get(redis, entry_id)
+    if letter is None:
+        raise ReplayError(f"no dead letter {entry_id}")
+    if letter.kind != "failed_dispatch":
+        raise ReplayError(
+            f"a {letter.kind} cannot be replayed: it was rejected ({letter.reason}); "
+            "fix the producer and send the event again"
+        )
+    generation = letter.generation + 1
+    job_id = f"{keys.dispatch_job_id(letter.event_id)}:g{generation}"
+    if not await redis.hsetnx(REPLAYED, entry_id, job_id):  # type: ignore[misc]
+        raise ReplayError(
+            f"dead letter {entry_id} was already replayed as {letter.replayed_as or job_id}"
+        )
+    event = json.loads(letter.payload)["event"]
+    await redis.enqueue_job(
+        keys.DISPATCH_AGENT,
+        event,
+        generation=generation,
+        _job_id=job_id,
+        _queue_name=keys.QUEUE_NAME,
+    )
+    return job_id

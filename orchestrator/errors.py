@@ -1,0 +1,78 @@
+"""The orchestrator's errors, and the one place that decides whether a LiveKit failure is
+worth retrying."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from livekit.api import TwirpError
+
+# Twirp codes that describe a passing condition on the server side.
+TRANSIENT_CODES = frozenset(
+    {"unavailable", "resource_exhausted", "internal", "deadline_exceeded", "aborted", "canceled"}
+)
+
+
+class OrchestratorError(Exception):
+    """Base of every error the orchestrator raises on purpose."""
+
+
+class ConfigError(OrchestratorError):
+    """A setting is missing or wrong; the message names the variable and what to put there."""
+
+
+class LiveKitError(OrchestratorError):
+    """A LiveKit API call failed. `retryable` says whether trying again may succeed."""
+
+    def __init__(self, message: str, *, code: str, status: int | None, retryable: bool) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.retryable = retryable
+
+
+class DispatchFailed(OrchestratorError):
+    """A dispatch that will not succeed: the reason is what a person reads."""
+
+
+def classify(exc: BaseException, call: str) -> LiveKitError:
+    """Turn whatever a LiveKit call raised into a LiveKitError with an actionable message."""
+    if isinstance(exc, LiveKitError):
+        return exc
+    if isinstance(exc, TwirpError):
+        code, status = exc.code, exc.status
+        if status == 401 or code == "unauthenticated":
+            detail = exc.message or "invalid token"
+            return LiveKitError(
+                f"LiveKit rejected the credentials on {call} (HTTP 401: {detail}): check "
+                "LIVEKIT_API_KEY and LIVEKIT_API_SECRET match a key of the server",
+                code="unauthenticated",
+                status=status,
+                retryable=False,
+            )
+        retryable = code in TRANSIENT_CODES or status >= 500 or status in (408, 429)
+        return LiveKitError(
+            f"LiveKit {call} failed: {code} (HTTP {status}) {exc.message}".rstrip(),
+            code=code,
+            status=status,
+            retryable=retryable,
+        )
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return LiveKitError(
+            f"LiveKit {call} timed out", code="timeout", status=None, retryable=True
+        )
+    if isinstance(exc, aiohttp.ClientError | ConnectionError | OSError):
+        return LiveKitError(
+            f"LiveKit {call} could not reach the server ({type(exc).__name__}: {exc}): "
+            "is LIVEKIT_URL right and the server up?",
+            code="connection",
+            status=None,
+            retryable=True,
+        )
+    return LiveKitError(
+        f"LiveKit {call} failed unexpectedly ({type(exc).__name__}: {exc})",
+        code="unknown",
+        status=None,
+        retryable=False,
+    )

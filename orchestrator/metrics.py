@@ -1,0 +1,25 @@
+"""Prometheus metrics of the orchestrator (exposed by the HTTP service's /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_RECEIVED = Counter("lkd_events_received_total", "Dispatch events taken off the queue")
+DISPATCH_OUTCOMES = Counter(
+    "lkd_dispatch_outcomes_total", "Dispatch events by outcome", ["outcome"]
+)
+TIME_TO_DISPATCH = Histogram(
+    "lkd_time_to_dispatch_seconds",
+    "From enqueue to LiveKit accepting CreateDispatch",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+LIVEKIT_CALLS = Histogram(
+    "lkd_livekit_call_seconds",
+    "LiveKit API call latency by method and result code",
+    ["method", "code"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+REPORTS = Counter("lkd_reports_total", "Terminal session reports filed, by status", ["status"])
+DUPLICATE_REPORTS = Counter("lkd_duplicate_reports_total", "Reports for already-reported sessions")
+REJECTED_JOBS = Counter("lkd_rejected_jobs_total", "Jobs rejected as malformed or invalid")
+ACTIVE_SESSIONS = Gauge("lkd_active_sessions", "Sessions not yet terminal (last reconciliation)")

@@ -1,0 +1,152 @@
+"""Reconciliation (arq cron): every session ends with exactly one report, even when its agent
+died without running its shutdown code, and no room stays claimed by a finished session.
+
+A live session's agent is taken for gone when
+- it sent heartbeats and the last one is older than the grace period (its process was killed), or
+- it never sent one and its dispatch is gone from LiveKit (room closed, dispatch deleted) for
+  longer than the grace period.
+Such a session gets a synthesized `lost` report; any dispatch it still has is deleted, so a
+zombie agent cannot share the room with the next session.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from orchestrator import metrics
+from orchestrator.context import Context, of
+from orchestrator.dispatch import find_session_dispatch
+from orchestrator.errors import LiveKitError
+from orchestrator.sessions import fail_session, synthesize_report
+from orchestrator.state import TERMINAL, now_ms
+from tasks import heartbeat, keys
+
+log = structlog.get_logger("orchestrator.reconcile")
+
+
+async def reconcile_sessions(ctx: dict[str, Any]) -> dict[str, int]:
+    c = of(ctx)
+    counts = {"checked": 0, "lost": 0, "adopted": 0, "failed": 0, "claims_freed": 0}
+    live = await c.store.live_sessions()
+    metrics.ACTIVE_SESSIONS.set(len(live))
+    for session_id in live:
+        counts["checked"] += 1
+        try:
+            outcome = await _reconcile_one(c, session_id)
+        except LiveKitError as exc:
+            log.warning(
+                "reconciliation deferred: LiveKit error", session_id=session_id, error=str(exc)
+            )
+            continue
+        if outcome:
+            counts[outcome] += 1
+    counts["claims_freed"] = await free_orphan_claims(c)
+    if any(counts[k] for k in ("lost", "adopted", "failed", "claims_freed")):
+        log.info("reconciliation", **counts)
+    return counts
+
+
+async def _reconcile_one(c: Context, session_id: str) -> str | None:
+    session = await c.store.get(session_id)
+    if session is None or session.get("status") in TERMINAL:
+        await c.redis.zrem(keys.LIVE_SESSIONS, session_id)
+        return None
+    status, now = session.get("status", ""), now_ms()
+    grace_ms = c.settings.report_grace_s * 1000
+
+    if status == "claimed":
+        return await _stale_claim(c, session, now)
+
+    last_beat = await heartbeat.last_beat_ms(c.redis, session_id)
+    if last_beat is not None:
+        if now - last_beat <= grace_ms:
+            return None
+        silent_s = round((now - last_beat) / 1000)
+        return await _lost(
+            c,
+            session,
+            f"agent stopped sending heartbeats {silent_s} s ago and sent no report: "
+            "its job process died without running its shutdown code (killed, out of memory?)",
+        )
+
+    started = int(session.get("dispatched_at") or session.get("claimed_at") or now)
+    if now - started <= c.settings.assignment_check_delay_s * 1000 + grace_ms:
+        return None
+    if await find_session_dispatch(c, session["room"], session_id) is not None:
+        await c.store.transition(session_id, (status,), gone_since="")
+        return None
+    gone_since = int(session.get("gone_since") or 0)
+    if not gone_since:
+        await c.store.transition(session_id, (status,), gone_since=now)
+        return None
+    if now - gone_since <= grace_ms:
+        return None
+    return await _lost(
+        c,
+        session,
+        f"the agent's dispatch is gone from LiveKit (room closed or dispatch deleted) "
+        f"and no report arrived within {c.settings.report_grace_s:g} s",
+    )
+
+
+async def _lost(c: Context, session: dict[str, str], reason: str) -> str | None:
+    if session.get("dispatch_id"):
+        await c.livekit.delete_dispatch(session["dispatch_id"], session["room"])
+    filed = await synthesize_report(
+        c, session, status="lost", reason=reason, end_reason="agent_lost"
+    )
+    if filed:
+        log.warning(
+            "session lost", session_id=session["session_id"], room=session["room"], reason=reason
+        )
+    return "lost" if filed else None
+
+
+async def _stale_claim(c: Context, session: dict[str, str], now: int) -> str | None:
+    """A session still `claimed` long after its claim: its dispatch job died for good (arq
+    gave up on it). Adopt a dispatch it made, or fail it so the room is free again."""
+    claimed_at = int(session.get("claimed_at") or now)
+    if now - claimed_at <= c.settings.claim_stale_s * 1000:
+        return None
+    event_id = session.get("event_id", "")
+    if await c.redis.exists(keys.ARQ_JOB_PREFIX + keys.dispatch_job_id(event_id)):
+        return None  # arq still holds the job and will run it again
+    session_id = session["session_id"]
+    dispatch = await find_session_dispatch(c, session["room"], session_id)
+    if dispatch is not None:
+        payload = await c.redis.get(keys.session_payload_key(session_id))
+        await c.store.mark_dispatched(
+            session_id, event_id, dispatch.id, payload.decode() if payload else dispatch.metadata
+        )
+        return "adopted"
+    await fail_session(
+        c,
+        session_id=session_id,
+        event_id=event_id,
+        room=session["room"],
+        agent_name=session.get("agent_name", ""),
+        generation=int(session.get("generation") or 0),
+        reason=f"the dispatch job for this event stopped after claiming the room and never "
+        f"dispatched (last error: {session.get('last_error') or 'none recorded'})",
+        event={"event_id": event_id, "room": session["room"]},
+        job_id="reconcile",
+    )
+    return "failed"
+
+
+async def free_orphan_claims(c: Context) -> int:
+    """Delete room claims whose session is terminal or gone (a crash between steps)."""
+    freed = 0
+    async for key in c.redis.scan_iter(match=keys.room_claim_key("*"), count=1000):
+        holder = await c.redis.get(key)
+        if holder is None:
+            continue
+        sid = holder.decode()
+        status = await c.redis.hget(keys.session_key(sid), "status")  # type: ignore[misc]
+        if status is None or status.decode() in TERMINAL:
+            room = key.decode()[len(keys.room_claim_key("")) :]
+            if await c.store.release_claim(room, sid):
+                freed += 1
+    return freed

@@ -1,0 +1,25 @@
+"""`reject_malformed_job`: where a job that is not valid JSON of the job shape ends up (the
+JSON deserializer routes it here), recorded on the dead-letter stream with its reason."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from orchestrator import dead_letters, metrics
+from orchestrator.context import of
+
+log = structlog.get_logger("orchestrator.rejections")
+
+
+async def reject_malformed_job(
+    ctx: dict[str, Any], *, reason: str, raw: str, raw_bytes: int
+) -> dict[str, Any]:
+    c = of(ctx)
+    metrics.REJECTED_JOBS.inc()
+    entry = await dead_letters.add(
+        c.redis, kind="malformed_job", reason=reason, job_id=ctx["job_id"], payload=raw
+    )
+    log.warning("malformed job rejected", job_id=ctx["job_id"], reason=reason, size_bytes=raw_bytes)
+    return {"outcome": "rejected", "reason": reason, "dead_letter": entry}

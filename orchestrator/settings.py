@@ -1,0 +1,91 @@
+"""The orchestrator's settings: read from the environment once, here and nowhere else.
+
+LiveKit and Redis use the ecosystem's variable names; everything else is `LKD_<FIELD>` with
+a safe default. Durations carry their unit in the name.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from orchestrator.errors import ConfigError
+from tasks.models import check_agent_name
+
+_HINTS = {
+    "livekit_url": "LIVEKIT_URL is not set: the LiveKit server URL, e.g. ws://localhost:7880",
+    "livekit_api_key": "LIVEKIT_API_KEY is not set: the API key of your LiveKit server",
+    "livekit_api_secret": "LIVEKIT_API_SECRET is not set: the API secret of that key",
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LKD_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    redis_url: str = Field(
+        "redis://localhost:6379/0", validation_alias=AliasChoices("REDIS_URL", "LKD_REDIS_URL")
+    )
+    livekit_url: str = Field(min_length=1, validation_alias=AliasChoices("LIVEKIT_URL"))
+    livekit_api_key: str = Field(min_length=1, validation_alias=AliasChoices("LIVEKIT_API_KEY"))
+    livekit_api_secret: SecretStr = Field(
+        min_length=1, validation_alias=AliasChoices("LIVEKIT_API_SECRET")
+    )
+    agent_name: str = Field(
+        "support-agent", validation_alias=AliasChoices("AGENT_NAME", "LKD_AGENT_NAME")
+    )
+    """Agent name for events that name none; the agent worker reads the same AGENT_NAME."""
+
+    livekit_timeout_s: float = 5.0
+    """Timeout of one LiveKit API call."""
+    dispatch_max_tries: int = 6
+    """Tries of a dispatch on transient LiveKit errors before it fails."""
+    retry_base_delay_s: float = 0.5
+    retry_max_delay_s: float = 30.0
+    assignment_check_delay_s: float = 5.0
+    """How long after CreateDispatch to check that a worker took the job."""
+    assignment_attempts: int = 3
+    """Dispatches tried for a session before it fails with 'no agent worker accepted'."""
+    report_grace_s: float = 30.0
+    """How long a session whose agent is gone may wait for its report before it is `lost`."""
+    claim_stale_s: float = 60.0
+    """A session still `claimed` this long after its claim (its dispatch job died) is re-checked."""
+    reconcile_interval_s: int = 10
+    session_retention_s: int = 7 * 24 * 3600
+    event_retention_s: int = 7 * 24 * 3600
+    """How long a handled event is remembered; a replay within it is not dispatched again."""
+    job_timeout_s: float = 30.0
+    """arq timeout of each job; a killed worker's job is retried this + 10 s later."""
+    poll_delay_ms: float = 5.0
+    max_jobs: int = 200
+
+    @field_validator("agent_name")
+    @classmethod
+    def _agent_name(cls, value: str) -> str:
+        return check_agent_name(value)
+
+    @property
+    def http_livekit_url(self) -> str:
+        url = self.livekit_url
+        for ws, http in (("ws://", "http://"), ("wss://", "https://")):
+            if url.startswith(ws):
+                return http + url[len(ws) :]
+        return url
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment (and overrides); a ConfigError naming what is missing."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = str(error["loc"][0]) if error["loc"] else ""
+            field = loc.lower()
+            if error["type"] in ("missing", "string_too_short") and field in _HINTS:
+                problems.append(_HINTS[field])
+            else:
+                name = loc if loc.isupper() else f"LKD_{loc.upper()}"
+                problems.append(f"{name}: {error['msg']}")
+        raise ConfigError("invalid orchestrator settings: " + "; ".join(problems)) from None

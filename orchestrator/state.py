@@ -1,0 +1,254 @@
+"""Session state in Redis: the per-room claim, event idempotency, session records, and the
+exactly-once filing of terminal reports. Each decision that must be atomic is one Lua script.
+
+A session moves claimed → dispatched → assigned → (ending) → completed | failed | lost.
+The room claim exists exactly while the room's session is not terminal.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from redis.asyncio import Redis
+
+from tasks import keys
+from tasks.models import SessionReport
+
+TERMINAL = ("completed", "failed", "lost")
+
+# KEYS: event, room claim, session, live set, recent set, room sessions
+# ARGV: session_id, generation, now_ms, event_ttl_s, retention_s, event_id, room, agent_name,
+#       enqueued_ms, session key prefix
+_CLAIM = """
+local sid, gen, now = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local ev_sid = redis.call('HGET', KEYS[1], 'session_id')
+if ev_sid then
+  local ev_gen = tonumber(redis.call('HGET', KEYS[1], 'generation') or '0')
+  if ev_sid == sid then
+    local status = redis.call('HGET', KEYS[3], 'status')
+    if status == 'claimed' then return {'resume', sid} end
+    return {'duplicate_event', ev_sid}
+  end
+  if ev_gen >= gen then return {'duplicate_event', ev_sid} end
+end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= sid then
+  local hstatus = redis.call('HGET', ARGV[10] .. holder, 'status')
+  if hstatus and hstatus ~= 'completed' and hstatus ~= 'failed' and hstatus ~= 'lost' then
+    redis.call('HSET', KEYS[1], 'session_id', holder, 'generation', gen,
+               'outcome', 'deduplicated', 'at', now)
+    redis.call('EXPIRE', KEYS[1], ARGV[4])
+    return {'deduplicated', holder}
+  end
+end
+redis.call('SET', KEYS[2], sid)
+redis.call('HSET', KEYS[1], 'session_id', sid, 'generation', gen, 'outcome', 'claimed', 'at', now)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('HSET', KEYS[3], 'session_id', sid, 'event_id', ARGV[6], 'room', ARGV[7],
+           'agent_name', ARGV[8], 'generation', gen, 'status', 'claimed',
+           'enqueued_at', ARGV[9], 'claimed_at', now, 'attempts', 0)
+redis.call('PERSIST', KEYS[3])
+redis.call('ZADD', KEYS[4], now, sid)
+redis.call('ZADD', KEYS[5], now, sid)
+redis.call('ZADD', KEYS[6], now, sid)
+redis.call('EXPIRE', KEYS[6], ARGV[5])
+return {'claimed', sid}
+"""
+
+# KEYS: report filed, results stream, session, live set, room claim, session payload
+# ARGV: session_id, status, report_json, event_id, room, retention_s, maxlen, then field pairs
+_FILE_REPORT = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[6]) then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'session_id', ARGV[1],
+           'event_id', ARGV[4], 'room', ARGV[5], 'status', ARGV[2], 'report', ARGV[3])
+redis.call('HSET', KEYS[3], 'session_id', ARGV[1], 'event_id', ARGV[4], 'room', ARGV[5],
+           'status', ARGV[2])
+for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[3], ARGV[6])
+redis.call('ZREM', KEYS[4], ARGV[1])
+if redis.call('GET', KEYS[5]) == ARGV[1] then redis.call('DEL', KEYS[5]) end
+redis.call('DEL', KEYS[6])
+return 1
+"""
+
+# KEYS: session, event, payload; ARGV: dispatch_id, now_ms, payload, retention_s
+_MARK_DISPATCHED = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'claimed' and status ~= 'dispatched' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'dispatched', 'dispatch_id', ARGV[1],
+           'dispatched_at', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[2], 'outcome', 'dispatched')
+redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
+return 1
+"""
+
+# KEYS: room claim; ARGV: session_id. Frees the claim only if this session holds it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: session; ARGV: expected statuses joined by ',', then field pairs. Updates only a session
+# in one of the expected states, so a late step never overwrites a terminal state.
+_TRANSITION = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or not string.find(',' .. ARGV[1] .. ',', ',' .. status .. ',', 1, true) then
+  return 0
+end
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+ClaimKind = Literal["claimed", "resume", "deduplicated", "duplicate_event"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    kind: ClaimKind
+    session_id: str
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class SessionStore:
+    def __init__(self, redis: Redis, *, retention_s: int, event_retention_s: int) -> None:
+        self.redis = redis
+        self.retention_s = retention_s
+        self.event_retention_s = event_retention_s
+        self._claim = redis.register_script(_CLAIM)
+        self._file = redis.register_script(_FILE_REPORT)
+        self._release = redis.register_script(_RELEASE)
+        self._transition = redis.register_script(_TRANSITION)
+        self._mark_dispatched = redis.register_script(_MARK_DISPATCHED)
+
+    async def claim(
+        self,
+        *,
+        session_id: str,
+        generation: int,
+        event_id: str,
+        room: str,
+        agent_name: str,
+        enqueued_ms: int,
+    ) -> Claim:
+        """Claim `room` for the session, atomically with the event's idempotency record."""
+        kind, holder = await self._claim(
+            keys=[
+                keys.event_key(event_id),
+                keys.room_claim_key(room),
+                keys.session_key(session_id),
+                keys.LIVE_SESSIONS,
+                keys.RECENT_SESSIONS,
+                keys.room_sessions_key(room),
+            ],
+            args=[
+                session_id,
+                generation,
+                now_ms(),
+                self.event_retention_s,
+                self.retention_s,
+                event_id,
+                room,
+                agent_name,
+                enqueued_ms,
+                keys.session_key(""),
+            ],
+        )
+        return Claim(_text(kind), _text(holder))  # type: ignore[arg-type]
+
+    async def record_event(self, event_id: str, outcome: str, **fields: str) -> None:
+        """Remember an event that claimed nothing (expired), so a replay is recognised."""
+        key = keys.event_key(event_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, "outcome", outcome)
+            pipe.hset(key, mapping={"at": now_ms(), **fields})
+            pipe.expire(key, self.event_retention_s)
+            await pipe.execute()
+
+    async def transition(self, session_id: str, expected: tuple[str, ...], **fields: Any) -> bool:
+        """Set fields only while the session is in one of `expected`; False otherwise."""
+        args: list[Any] = [",".join(expected)]
+        for name, value in fields.items():
+            args += [name, "" if value is None else value]
+        return bool(await self._transition(keys=[keys.session_key(session_id)], args=args))
+
+    async def mark_dispatched(
+        self, session_id: str, event_id: str, dispatch_id: str, payload: str
+    ) -> bool:
+        """Record the session's (new) dispatch; False when it is no longer waiting for one."""
+        return bool(
+            await self._mark_dispatched(
+                keys=[
+                    keys.session_key(session_id),
+                    keys.event_key(event_id),
+                    keys.session_payload_key(session_id),
+                ],
+                args=[dispatch_id, now_ms(), payload, self.retention_s],
+            )
+        )
+
+    async def release_claim(self, room: str, session_id: str) -> bool:
+        return bool(await self._release(keys=[keys.room_claim_key(room)], args=[session_id]))
+
+    async def file_report(self, report: SessionReport) -> bool:
+        """Append the session's terminal report to the results stream, mark it terminal and
+        free its room, all at once. False when the session already has its report."""
+        fields = {
+            "ended_at": int(report.ended_at.timestamp() * 1000),
+            "end_reason": report.end_reason,
+            "last_error": report.error or "",
+            "report_source": report.source,
+        }
+        for name in ("dispatch_id", "job_id", "worker_id"):
+            value = getattr(report, name)
+            if value:
+                fields[name] = value
+        args: list[Any] = [
+            report.session_id,
+            report.status,
+            report.model_dump_json(),
+            report.event_id,
+            report.room,
+            self.retention_s,
+            keys.RESULTS_STREAM_MAXLEN,
+        ]
+        for name, value in fields.items():
+            args += [name, value]
+        filed = await self._file(
+            keys=[
+                keys.report_filed_key(report.session_id),
+                keys.RESULTS_STREAM,
+                keys.session_key(report.session_id),
+                keys.LIVE_SESSIONS,
+                keys.room_claim_key(report.room),
+                keys.session_payload_key(report.session_id),
+            ],
+            args=args,
+        )
+        return bool(filed)
+
+    async def get(self, session_id: str) -> dict[str, str] | None:
+        raw = await self.redis.hgetall(keys.session_key(session_id))  # type: ignore[misc]
+        return {_text(k): _text(v) for k, v in raw.items()} if raw else None
+
+    async def by_room(self, room: str) -> dict[str, str] | None:
+        """The room's newest session."""
+        ids = await self.redis.zrevrange(keys.room_sessions_key(room), 0, 0)
+        return await self.get(_text(ids[0])) if ids else None
+
+    async def room_holder(self, room: str) -> str | None:
+        holder = await self.redis.get(keys.room_claim_key(room))
+        return _text(holder) if holder else None
+
+    async def live_sessions(self, older_than_ms: int | None = None) -> list[str]:
+        top = "+inf" if older_than_ms is None else older_than_ms
+        return [_text(s) for s in await self.redis.zrangebyscore(keys.LIVE_SESSIONS, "-inf", top)]

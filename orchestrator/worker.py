@@ -1,0 +1,105 @@
+"""The arq worker: `arq orchestrator.WorkerSettings`. This module only points at things."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from arq import cron
+from arq.connections import RedisSettings
+from arq.worker import func
+
+from orchestrator import logs
+from orchestrator.assignment import confirm_assignment
+from orchestrator.context import CTX_KEY, Context
+from orchestrator.dispatch import dispatch_agent
+from orchestrator.errors import ConfigError, LiveKitError
+from orchestrator.livekit_gateway import LiveKitGateway
+from orchestrator.reconcile import reconcile_sessions
+from orchestrator.rejections import reject_malformed_job
+from orchestrator.sessions import end_session, session_report
+from orchestrator.settings import Settings, load_settings
+from orchestrator.state import SessionStore
+from tasks import keys
+from tasks.serialization import deserialize, serialize
+
+log = structlog.get_logger("orchestrator.worker")
+
+
+def _startup(settings: Settings) -> Any:
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        logs.configure()
+        gateway = LiveKitGateway(settings)
+        try:
+            await gateway.check_credentials()
+        except LiveKitError as exc:
+            await gateway.aclose()
+            raise ConfigError(f"cannot start: {exc}") from None
+        redis = ctx["redis"]
+        store = SessionStore(
+            redis,
+            retention_s=settings.session_retention_s,
+            event_retention_s=settings.event_retention_s,
+        )
+        ctx[CTX_KEY] = Context(settings=settings, redis=redis, store=store, livekit=gateway)
+        log.info(
+            "orchestrator worker started",
+            livekit_url=settings.livekit_url,
+            default_agent_name=settings.agent_name,
+        )
+
+    return on_startup
+
+
+async def on_shutdown(ctx: dict[str, Any]) -> None:
+    context: Context | None = ctx.get(CTX_KEY)
+    if context is not None:
+        await context.livekit.aclose()
+
+
+def worker_settings(settings: Settings | None = None) -> dict[str, Any]:
+    """The keyword arguments of arq's Worker for these settings."""
+    settings = settings or load_settings()
+    timeout = settings.job_timeout_s
+    tries = settings.dispatch_max_tries + 5  # headroom for tries lost to killed workers
+    interval = max(1, min(59, settings.reconcile_interval_s))
+    return {
+        "functions": [
+            func(dispatch_agent, name=keys.DISPATCH_AGENT, timeout=timeout, max_tries=tries),
+            func(
+                confirm_assignment, name=keys.CONFIRM_ASSIGNMENT, timeout=timeout, max_tries=tries
+            ),
+            func(end_session, name=keys.END_SESSION, timeout=timeout, max_tries=3),
+            func(session_report, name=keys.SESSION_REPORT, timeout=timeout, max_tries=5),
+            func(
+                reject_malformed_job, name=keys.REJECT_MALFORMED_JOB, timeout=timeout, max_tries=3
+            ),
+        ],
+        "cron_jobs": [
+            cron(
+                reconcile_sessions,
+                name=keys.RECONCILE_SESSIONS,
+                second=set(range(0, 60, interval)),
+                timeout=timeout,
+                run_at_startup=True,
+            )
+        ],
+        "on_startup": _startup(settings),
+        "on_shutdown": on_shutdown,
+        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "queue_name": keys.QUEUE_NAME,
+        "job_serializer": serialize,
+        "job_deserializer": deserialize,
+        "poll_delay": settings.poll_delay_ms / 1000,
+        "max_jobs": settings.max_jobs,
+        "job_timeout": timeout,
+        "keep_result": 3600,
+        "health_check_interval": 10,
+        "job_completion_wait": int(timeout),
+    }
+
+
+def build_worker_settings_class() -> type:
+    """`arq orchestrator.WorkerSettings` reads a class's attributes; settings are read here,
+    once, so a missing variable stops the worker at start-up with a message naming it."""
+    return type("WorkerSettings", (), worker_settings())
