@@ -28,7 +28,21 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     return event
 
 
+class HideJobArguments(logging.Filter):
+    """arq logs each job's start with its arguments (our events, with their metadata):
+    keep the line, drop the arguments."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and "→" in record.msg and len(record.args or ()) == 4:
+            elapsed, ref, _, extra = record.args  # type: ignore[misc]
+            record.args = (elapsed, ref, "…", extra)
+        return True
+
+
 def configure(level: str = "INFO", *, json: bool | None = None) -> None:
+    arq_logger = logging.getLogger("arq.worker")
+    if not any(isinstance(f, HideJobArguments) for f in arq_logger.filters):
+        arq_logger.addFilter(HideJobArguments())
     as_json = not sys.stderr.isatty() if json is None else json
     renderer: Any = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()

@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from orchestrator import metrics
+from orchestrator import metrics, queries
 from orchestrator.context import Context, of
 from orchestrator.dispatch import find_session_dispatch
 from orchestrator.errors import LiveKitError
@@ -43,6 +43,7 @@ async def reconcile_sessions(ctx: dict[str, Any]) -> dict[str, int]:
         if outcome:
             counts[outcome] += 1
     counts["claims_freed"] = await free_orphan_claims(c)
+    await queries.trim_recent_sessions(c.redis, c.settings.session_retention_s)
     if any(counts[k] for k in ("lost", "adopted", "failed", "claims_freed")):
         log.info("reconciliation", **counts)
     return counts

@@ -60,6 +60,14 @@ class Settings(BaseSettings):
     poll_delay_ms: float = 5.0
     max_jobs: int = 200
 
+    http_host: str = "127.0.0.1"
+    http_port: int = 8089
+    api_token: SecretStr | None = None
+    """Bearer token the HTTP API requires on every call but health and metrics; unset: the
+    API refuses writes (set it, or LKD_API_TOKEN=dev for a local demo)."""
+    worker_heartbeat_max_age_s: float = 30.0
+    """/healthz fails when no orchestrator worker has checked in for this long."""
+
     @field_validator("agent_name")
     @classmethod
     def _agent_name(cls, value: str) -> str:
