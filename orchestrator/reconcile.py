@@ -60,6 +60,9 @@ async def _reconcile_one(c: Context, session_id: str) -> str | None:
     if status == "claimed":
         return await _stale_claim(c, session, now)
 
+    if status == "dispatched":
+        await _ensure_confirmation(c, session, now)
+
     last_beat = await heartbeat.last_beat_ms(c.redis, session_id)
     if last_beat is not None:
         if now - last_beat <= grace_ms:
@@ -89,6 +92,26 @@ async def _reconcile_one(c: Context, session_id: str) -> str | None:
         session,
         f"the agent's dispatch is gone from LiveKit (room closed or dispatch deleted) "
         f"and no report arrived within {c.settings.report_grace_s:g} s",
+    )
+
+
+async def _ensure_confirmation(c: Context, session: dict[str, str], now: int) -> None:
+    """A dispatch whose assignment check is overdue (its confirm job was lost in a crash)
+    gets one; arq's job id makes this a no-op while the original is queued or kept."""
+    attempts = max(1, int(session.get("attempts") or 1))
+    due = int(session.get("dispatched_at") or now) + int(
+        (c.settings.assignment_check_delay_s * 2**attempts + c.settings.report_grace_s) * 1000
+    )
+    if now < due:
+        return
+    dispatch_id = session.get("dispatch_id", "")
+    await c.redis.enqueue_job(
+        keys.CONFIRM_ASSIGNMENT,
+        session["session_id"],
+        dispatch_id,
+        attempts,
+        _job_id=f"confirm:{session['session_id']}:{dispatch_id}",
+        _queue_name=keys.QUEUE_NAME,
     )
 
 

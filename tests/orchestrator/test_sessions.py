@@ -160,3 +160,19 @@ async def test_claim_left_by_a_terminal_session_is_freed(
         return await arq_redis.exists("lkd:room:r-orphan") == 0
 
     await eventually(freed, timeout_s=5, what="claim freed")
+
+
+async def test_lost_assignment_check_is_restored_by_reconciliation(
+    sim: LiveKitSim, arq_redis: ArqRedis, orchestrator: Worker
+) -> None:
+    result = await dispatched(arq_redis, "e-noconfirm", "r-noconfirm")
+    # A crash right after the dispatch was recorded: its assignment check was never queued.
+    confirm_id = f"confirm:{result['session_id']}:{result['dispatch_id']}"
+    assert await arq_redis.delete(f"arq:job:{confirm_id}") == 1
+    await arq_redis.zrem("arq:queue", confirm_id)
+    # No worker serves the agent name, so the restored check ends the session as failed.
+    await eventually(
+        lambda: status_is(arq_redis, result["session_id"], "failed"), timeout_s=15, what="failed"
+    )
+    [entry] = await recent_results(arq_redis)
+    assert "no agent worker accepted agent_name='support-agent'" in (entry.report.error or "")
