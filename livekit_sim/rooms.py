@@ -9,7 +9,11 @@ What this module promises (pkg/rtc/room.go, pkg/service/roommanager.go):
   is never retried;
 - rooms close after `empty_timeout` (nobody non-agent ever joined) or `departure_timeout`
   (after the last departure), checked periodically, or on DeleteRoom; closing a room
-  terminates its jobs with AGENT_LEFT_ROOM.
+  terminates its jobs with AGENT_LEFT_ROOM, and so does an agent participant leaving;
+- a participant is one record whoever drives it (the control API or a real SDK over `/rtc`):
+  `participant_joined` fires when it becomes active, `participant_left` when an active one
+  leaves, `participant_connection_aborted` when one that never became active does; every
+  change reaches the `RoomListener`s (the media side fans them out as ParticipantUpdates).
 """
 
 from __future__ import annotations
@@ -19,80 +23,34 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Coroutine, Iterable, Mapping
 from typing import Any
 
 from livekit.protocol import agent, agent_dispatch, models, room
 
 from livekit_sim import ids
+from livekit_sim.room_state import (
+    PARTICIPANT_KINDS,
+    EventSink,
+    ParticipantNotFoundError,
+    RoomFullError,
+    RoomListener,
+    SimRoom,
+    is_dependent,
+)
 from livekit_sim.workers import TerminationReason, WorkerPool
 
+__all__ = [
+    "PARTICIPANT_KINDS",
+    "ParticipantNotFoundError",
+    "RoomFullError",
+    "RoomListener",
+    "RoomRegistry",
+    "SimRoom",
+    "is_dependent",
+]
+
 log = logging.getLogger(__name__)
-
-# Callback the webhook notifier provides: (event name, room, participant or None).
-EventSink = Callable[[str, models.Room, models.ParticipantInfo | None], None]
-
-PARTICIPANT_KINDS: Mapping[str, models.ParticipantInfo.Kind] = {
-    "standard": models.ParticipantInfo.Kind.STANDARD,
-    "ingress": models.ParticipantInfo.Kind.INGRESS,
-    "egress": models.ParticipantInfo.Kind.EGRESS,
-    "sip": models.ParticipantInfo.Kind.SIP,
-    "agent": models.ParticipantInfo.Kind.AGENT,
-    "connector": models.ParticipantInfo.Kind.CONNECTOR,
-}
-_DEPENDENT_KINDS = {models.ParticipantInfo.Kind.AGENT, models.ParticipantInfo.Kind.EGRESS}
-
-
-class RoomFullError(Exception):
-    """The room already holds max_participants participants."""
-
-
-class ParticipantNotFoundError(Exception):
-    """No participant with that identity in that room."""
-
-
-def is_dependent(participant: models.ParticipantInfo) -> bool:
-    """Agents and egress neither trigger jobs nor keep a room open (participant.go IsDependent)."""
-    return participant.kind in _DEPENDENT_KINDS
-
-
-@dataclass
-class SimRoom:
-    """One live room. `proto` is what the Twirp API returns for it."""
-
-    proto: models.Room
-    empty_timeout_s: float
-    departure_timeout_s: float
-    created_at_s: float
-    dispatches: dict[str, agent_dispatch.AgentDispatch] = field(default_factory=dict)
-    participants: dict[str, models.ParticipantInfo] = field(default_factory=dict)
-    first_joined_at_s: float | None = None
-    last_left_at_s: float | None = None
-    closed: bool = False
-    # Jobs assigned for this room, terminated when it closes.
-    job_ids: list[str] = field(default_factory=list)
-    # In-flight job requests per dispatch id; DeleteDispatch waits for them like the real one.
-    pending: dict[str, set[asyncio.Task[None]]] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.proto.name
-
-    def snapshot(self) -> models.Room:
-        """A copy of the room proto with the current participant count."""
-        out = models.Room()
-        out.CopyFrom(self.proto)
-        out.num_participants = len(self.participants)
-        return out
-
-    def idle_for(self, now_s: float) -> bool:
-        """Whether the room has outlived its empty or departure timeout (Room.CloseIfEmpty)."""
-        if any(not is_dependent(p) for p in self.participants.values()):
-            return False
-        if self.first_joined_at_s is not None and self.last_left_at_s is not None:
-            return now_s - self.last_left_at_s >= self.departure_timeout_s
-        return now_s - self.created_at_s >= self.empty_timeout_s
 
 
 class RoomRegistry:
@@ -116,6 +74,7 @@ class RoomRegistry:
         self._departure_timeout_s = departure_timeout_s
         self._on_event = on_event
         self._tasks: set[asyncio.Task[None]] = set()
+        self.listeners: list[RoomListener] = []
 
     # -- rooms -----------------------------------------------------------------------------
 
@@ -164,8 +123,11 @@ class RoomRegistry:
             )
         return sim_room
 
-    def close(self, name: str) -> bool:
-        """Close a live room now: participants leave, jobs end, room_finished fires.
+    def close(
+        self, name: str, reason: models.DisconnectReason = models.DisconnectReason.ROOM_DELETED
+    ) -> bool:
+        """Close a live room now: participants leave (clients are told `reason`: ROOM_DELETED
+        for DeleteRoom, ROOM_CLOSED for a timeout), jobs end, room_finished fires.
 
         Returns False when no room of that name is running.
         """
@@ -173,11 +135,14 @@ class RoomRegistry:
         if sim_room is None:
             return False
         sim_room.closed = True
+        sim_room.close_reason = reason
         self.rooms_closed += 1
         for identity in list(sim_room.participants):
             self._remove_participant(sim_room, identity)
         for job_id in sim_room.job_ids:
             self._spawn(self._terminate(job_id, TerminationReason.AGENT_LEFT_ROOM))
+        for listener in self.listeners:
+            listener.room_closed(sim_room)
         self._emit("room_finished", sim_room, None)
         return True
 
@@ -187,7 +152,7 @@ class RoomRegistry:
         idle = [name for name, r in self.rooms.items() if r.idle_for(now)]
         for name in idle:
             log.info("closing idle room %s", name)
-            self.close(name)
+            self.close(name, models.DisconnectReason.ROOM_CLOSED)
         return idle
 
     async def run_reaper(self, interval_s: float) -> None:
@@ -249,10 +214,15 @@ class RoomRegistry:
         kind: str = "standard",
         metadata: str = "",
         attributes: Mapping[str, str] | None = None,
+        active: bool = True,
+        extra: models.ParticipantInfo | None = None,
     ) -> models.ParticipantInfo:
-        """A simulated participant joins (creating the room, as a join does with auto_create).
+        """A participant joins (creating the room, as a join does with auto_create).
 
-        A participant rejoining with the same identity replaces the previous one.
+        A participant rejoining with the same identity replaces the previous one. `active`
+        False (a signalling join whose media is not connected yet) defers participant_joined
+        to `activate()`. `extra`'s fields (permission, client protocol, capabilities) are
+        copied into the participant's info.
         """
         sim_room = self.get_or_create(room.CreateRoomRequest(name=room_name))
         if identity in sim_room.participants:
@@ -261,16 +231,25 @@ class RoomRegistry:
         if max_participants and len(sim_room.participants) >= max_participants:
             raise RoomFullError(f"room {room_name!r} is full ({max_participants} participants)")
         now = time.time()
-        info = models.ParticipantInfo(
-            sid=ids.new_id(ids.PARTICIPANT),
-            identity=identity,
-            name=name,
-            kind=PARTICIPANT_KINDS[kind],
-            metadata=metadata,
-            attributes=dict(attributes or {}),
-            state=models.ParticipantInfo.State.ACTIVE,
-            joined_at=int(now),
-            joined_at_ms=int(now * 1000),
+        info = models.ParticipantInfo()
+        if extra is not None:
+            info.CopyFrom(extra)
+        info.MergeFrom(
+            models.ParticipantInfo(
+                sid=ids.new_id(ids.PARTICIPANT),
+                identity=identity,
+                name=name,
+                kind=PARTICIPANT_KINDS[kind],
+                metadata=metadata,
+                attributes=dict(attributes or {}),
+                state=(
+                    models.ParticipantInfo.State.ACTIVE
+                    if active
+                    else models.ParticipantInfo.State.JOINED
+                ),
+                joined_at=int(now),
+                joined_at_ms=int(now * 1000),
+            )
         )
         sim_room.participants[identity] = info
         if not is_dependent(info):
@@ -278,11 +257,39 @@ class RoomRegistry:
                 sim_room.first_joined_at_s = now
             for dispatch in list(sim_room.dispatches.values()):
                 self._launch(sim_room, dispatch, agent.JobType.JT_PARTICIPANT, info)
-        self._emit("participant_joined", sim_room, info)
+        for listener in self.listeners:
+            listener.participant_joined(sim_room, info)
+        if active:
+            self._emit("participant_joined", sim_room, info)
         return info
 
+    def activate(self, room_name: str, identity: str) -> None:
+        """The participant's media connected: it becomes ACTIVE and participant_joined fires."""
+        sim_room = self.rooms.get(room_name)
+        info = sim_room.participants.get(identity) if sim_room else None
+        if sim_room is None or info is None or info.state != models.ParticipantInfo.JOINED:
+            return
+        info.state = models.ParticipantInfo.State.ACTIVE
+        self.updated(sim_room, info)
+        self._emit("participant_joined", sim_room, info)
+
+    def updated(self, sim_room: SimRoom, info: models.ParticipantInfo) -> None:
+        """`info` (a live record of `sim_room`) changed: bump its version, tell the listeners."""
+        info.version += 1
+        for listener in self.listeners:
+            listener.participant_updated(sim_room, info)
+
+    def track_published(self, sim_room: SimRoom, info: models.ParticipantInfo) -> None:
+        """`info` got a new track in `info.tracks`; its first one launches JT_PUBLISHER jobs."""
+        first = not info.is_publisher
+        info.is_publisher = True
+        self.updated(sim_room, info)
+        if first and not is_dependent(info):
+            for dispatch in list(sim_room.dispatches.values()):
+                self._launch(sim_room, dispatch, agent.JobType.JT_PUBLISHER, info)
+
     def leave(self, room_name: str, identity: str) -> models.ParticipantInfo:
-        """A simulated participant leaves; ParticipantNotFoundError if it is not there."""
+        """A participant leaves; ParticipantNotFoundError if it is not there."""
         sim_room = self.rooms.get(room_name)
         if sim_room is None or identity not in sim_room.participants:
             raise ParticipantNotFoundError(f"participant {identity!r} not in room {room_name!r}")
@@ -290,9 +297,19 @@ class RoomRegistry:
 
     def _remove_participant(self, sim_room: SimRoom, identity: str) -> models.ParticipantInfo:
         info = sim_room.participants.pop(identity)
+        was_active = info.state == models.ParticipantInfo.State.ACTIVE
         info.state = models.ParticipantInfo.State.DISCONNECTED
         sim_room.last_left_at_s = time.time()
-        self._emit("participant_left", sim_room, info)
+        job_id = sim_room.agent_jobs.pop(identity, None)
+        if job_id is not None and not sim_room.closed:
+            # RemoveParticipant: an agent participant leaving ends its job (AGENT_LEFT_ROOM).
+            sim_room.job_ids.remove(job_id)
+            self._spawn(self._terminate(job_id, TerminationReason.AGENT_LEFT_ROOM))
+        for listener in self.listeners:
+            listener.participant_left(sim_room, info)
+        self._emit(
+            "participant_left" if was_active else "participant_connection_aborted", sim_room, info
+        )
         return info
 
     # -- jobs ------------------------------------------------------------------------------
@@ -341,6 +358,8 @@ class RoomRegistry:
             await self._terminate(job.id, TerminationReason.AGENT_LEFT_ROOM)
         else:
             sim_room.job_ids.append(job.id)
+            if state.participant_identity:
+                sim_room.agent_jobs[state.participant_identity] = job.id
 
     async def _terminate_dispatch(
         self, dispatch: agent_dispatch.AgentDispatch, pending: set[asyncio.Task[None]]

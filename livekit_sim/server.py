@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -16,6 +17,15 @@ from livekit.protocol import agent_dispatch, models
 from livekit_sim.control import ControlAPI, proto_dict
 from livekit_sim.faults import Faults
 from livekit_sim.rooms import RoomRegistry, SimRoom
+from livekit_sim.rtc import (
+    AudioCapture,
+    RtcHub,
+    RtcSignalService,
+    SimulatedParticipant,
+    TextMessage,
+    load_wav,
+)
+from livekit_sim.rtc.media import Samples
 from livekit_sim.twirp import MAX_REQUEST_BODY_BYTES, CallRecord, TwirpService
 from livekit_sim.webhooks import WebhookNotifier
 from livekit_sim.workers import WorkerPool
@@ -35,8 +45,9 @@ ROOM_CHECK_INTERVAL_S = 1.0
 class LiveKitSim:
     """A local LiveKit-compatible server: `async with LiveKitSim() as sim: sim.url ...`.
 
-    Serves the Twirp RoomService / AgentDispatchService, the `/agent` worker websocket and
-    the `/_sim/` control API on one port; posts signed webhooks to `webhook_urls`.
+    Serves the Twirp RoomService / AgentDispatchService, the `/agent` worker websocket, `/rtc`
+    signalling with WebRTC audio and data, and the `/_sim/` control API on one port; posts
+    signed webhooks to `webhook_urls`.
     `empty_timeout_s` / `departure_timeout_s` are the defaults for rooms whose creation does
     not set them (fractions of a second allowed, for tests); `missing_room_delay_s` is how
     long List/DeleteDispatch on a room that is not running take before `unavailable`.
@@ -82,10 +93,13 @@ class LiveKitSim:
             missing_room_delay_s=missing_room_delay_s,
             max_call_log=max_call_log,
         )
+        self.media = RtcHub(self.room_registry)
+        self.rtc = RtcSignalService(self.media, self.keys, self.workers.server_info)
         self._room_check_interval_s = room_check_interval_s
         # Bodies over 10 MiB: aiohttp raises 413, answered as the real server's plain-text 413.
         self.app = web.Application(client_max_size=MAX_REQUEST_BODY_BYTES)
         self.app.router.add_get("/agent", self.workers.handle)
+        self.rtc.add_routes(self.app)
         self.twirp.add_routes(self.app)
         ControlAPI(self).add_routes(self.app)
         self._runner: web.AppRunner | None = None
@@ -173,19 +187,52 @@ class LiveKitSim:
         kind: str = "standard",
         metadata: str = "",
         attributes: Mapping[str, str] | None = None,
+        audio: bool = False,
     ) -> models.ParticipantInfo:
         """A simulated participant joins `room` (created if not running).
 
         Non-agent participants trigger JT_PARTICIPANT job requests for every dispatch;
-        participant_joined fires. Raises RoomFullError past max_participants.
+        participant_joined fires. With `audio`, it publishes a microphone at once (silent
+        until `say`). Raises RoomFullError past max_participants.
         """
-        return self.room_registry.join(
+        info = self.room_registry.join(
             room, identity, name=name, kind=kind, metadata=metadata, attributes=attributes
         )
+        participant = SimulatedParticipant(self.media, room, info)
+        self.media.attach(room, participant)
+        if audio:
+            participant.publish_microphone()
+        return info
 
     async def leave_participant(self, room: str, identity: str) -> models.ParticipantInfo:
-        """The participant leaves; participant_left fires and the departure timeout starts."""
+        """The participant leaves; participant_left fires and the departure timeout starts.
+        An SDK participant is told it was removed and disconnected."""
         return self.room_registry.leave(room, identity)
+
+    def simulated(self, room: str, identity: str) -> SimulatedParticipant:
+        """The simulated participant `identity` of `room`: to make it speak, send data or text,
+        and read what it received. KeyError when there is no such simulated participant."""
+        endpoint = self.media.endpoint(room, identity)
+        if not isinstance(endpoint, SimulatedParticipant):
+            raise KeyError(f"no simulated participant {identity!r} in room {room!r}")
+        return endpoint
+
+    async def say(self, room: str, identity: str, audio: Samples | str | Path) -> float:
+        """Make a simulated participant speak a clip (48 kHz mono samples, or a WAV file) from
+        now; the seconds until it has finished."""
+        samples = load_wav(audio) if isinstance(audio, str | Path) else audio
+        return self.simulated(room, identity).say(samples)
+
+    def texts(self, room: str, topic: str | None = None) -> list[TextMessage]:
+        """Every text message sent in rooms of that name (by anyone), oldest first."""
+        log = self.media.logs.get(room)
+        messages = log.texts if log else []
+        return [m for m in messages if topic is None or m.topic == topic]
+
+    def captured_audio(self, room: str, identity: str) -> list[AudioCapture]:
+        """The audio tracks `identity` (an SDK participant) published in rooms of that name."""
+        log = self.media.logs.get(room)
+        return [c for c in (log.captures if log else []) if c.participant == identity]
 
     async def close_room(self, room: str) -> bool:
         """Close a room now, as DeleteRoom does; False when it is not running."""
@@ -219,7 +266,9 @@ class LiveKitSim:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
             self._reaper = None
+        await self.rtc.aclose()
         await self.room_registry.aclose()
+        await self.media.aclose()
         await self.workers.aclose()
         if self._runner is not None:
             await self._runner.cleanup()

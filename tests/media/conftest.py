@@ -1,0 +1,133 @@
+"""Fixtures for the media tests: the real `livekit` SDK against the sim, inside the private
+network namespace that `tests.media.netns` sets up (`make test` runs the suite in it).
+
+Outside that namespace these tests skip: libwebrtc ignores loopback interfaces, and the tests
+must not use the machine's real ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from aiohttp import web
+from livekit import api, rtc
+
+from livekit_sim import LiveKitSim
+from tests.media.netns import ADDR_ENV, UNAVAILABLE_ENV
+
+API_KEY = "media-test-key"
+# PyJWT warns (an error under pytest) on HMAC secrets under 32 bytes.
+API_SECRET = "media-test-secret-0123456789-abcdefghijkl"
+FIXTURES = Path(__file__).parent / "fixtures"
+CALLER_WAV = FIXTURES / "caller.wav"
+
+
+def _skip_reason() -> str | None:
+    if os.environ.get(ADDR_ENV):
+        return None
+    why = os.environ.get(UNAVAILABLE_ENV)
+    if why:
+        return f"WebRTC media tests need a private network namespace, unavailable here: {why}"
+    return (
+        "WebRTC media tests run inside a private network namespace: use `make test` or "
+        "`python -m tests.media.netns -- python -m pytest tests/media`"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = _skip_reason()
+    if reason is None:
+        return
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def sdk_token(
+    identity: str,
+    room: str,
+    *,
+    kind: str = "",
+    can_update_metadata: bool = False,
+) -> str:
+    token = (
+        api.AccessToken(API_KEY, API_SECRET)
+        .with_identity(identity)
+        .with_grants(
+            api.VideoGrants(room_join=True, room=room, can_update_own_metadata=can_update_metadata)
+        )
+    )
+    if kind:
+        token = token.with_kind(kind)  # type: ignore[arg-type]
+    return token.to_jwt()
+
+
+@contextlib.asynccontextmanager
+async def sdk_room(
+    sim: LiveKitSim, identity: str, room: str, **grants: bool
+) -> AsyncIterator[rtc.Room]:
+    """A real SDK client connected to `room` as `identity`; disconnected at the end."""
+    client = rtc.Room()
+    await asyncio.wait_for(client.connect(sim.url, sdk_token(identity, room, **grants)), 30)
+    try:
+        yield client
+    finally:
+        await client.disconnect()
+
+
+def frame_samples(frame: rtc.AudioFrame) -> np.ndarray:
+    """The frame's samples as mono int16."""
+    data = np.frombuffer(frame.data, dtype=np.int16)
+    return data.reshape(-1, frame.num_channels).mean(axis=1).astype(np.int16)
+
+
+@dataclass
+class Hooks:
+    """A webhook receiver on loopback: the events it got, in order."""
+
+    url: str = ""
+    events: list[dict[str, object]] = field(default_factory=list)
+
+    def names(self, predicate: Callable[[dict[str, object]], bool] = lambda e: True) -> list[str]:
+        return [str(e["event"]) for e in self.events if predicate(e)]
+
+
+@pytest.fixture
+async def hooks() -> AsyncIterator[Hooks]:
+    state = Hooks()
+
+    async def handle(request: web.Request) -> web.Response:
+        state.events.append(json.loads(await request.text()))
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    state.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    yield state
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def sim(hooks: Hooks) -> AsyncIterator[LiveKitSim]:
+    async with LiveKitSim(
+        api_key=API_KEY,
+        api_secret=API_SECRET,
+        webhook_urls=[hooks.url],
+        departure_timeout_s=1.0,
+        room_check_interval_s=0.1,
+        missing_room_delay_s=0.05,
+    ) as server:
+        yield server
