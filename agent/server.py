@@ -1,0 +1,78 @@
+"""The livekit-agents worker: an `AgentServer` registered under `AGENT_NAME` for explicit
+dispatch, with the request handler and load function of `agent.admission`, per-process
+set-up, the session entrypoint and `on_session_end` of `agent.session`.
+
+`python -m livekit.agents start agent/server.py` finds the module-level `server`;
+`python -m agent start` does the same for you.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from livekit.agents import AgentServer
+from livekit.protocol.models import ServerInfo
+
+from agent.admission import RequestHandler, SessionLoad
+from agent.handlers import load_handler
+from agent.log import configure as configure_logging
+from agent.log import get_logger
+from agent.session import entrypoint, on_session_end, setup_process
+from agent.settings import AgentSettings, load_settings
+
+
+def build_server(settings: AgentSettings) -> AgentServer:
+    """An AgentServer for `settings`; fails at once if the session handler does not load."""
+    configure_logging()
+    load_handler(settings.session_handler)
+    options: dict[str, Any] = {}
+    if settings.num_idle_processes is not None:
+        options["num_idle_processes"] = settings.num_idle_processes
+    if settings.health_port is not None:
+        options["port"] = settings.health_port
+    secret = settings.livekit_api_secret
+    server = AgentServer(
+        ws_url=settings.livekit_url,
+        api_key=settings.livekit_api_key,
+        api_secret=secret.get_secret_value() if secret is not None else None,
+        setup_fnc=setup_process,
+        load_fnc=SessionLoad(settings),
+        load_threshold=settings.load_threshold,
+        host=settings.health_host,
+        shutdown_process_timeout=settings.shutdown_process_timeout_s,
+        session_end_timeout=settings.session_end_timeout_s,
+        **options,
+    )
+    agent_name = settings.effective_agent_name
+    server.rtc_session(
+        entrypoint,
+        agent_name=agent_name,
+        on_request=RequestHandler(server, agent_name),
+        on_session_end=on_session_end,
+    )
+    log = get_logger(agent_name=agent_name)
+
+    def _started() -> None:
+        if agent_name != settings.agent_name:
+            log.warning(
+                "LIVEKIT_AGENT_NAME_OVERRIDE replaces AGENT_NAME", configured=settings.agent_name
+            )
+        log.info(
+            "agent worker started: it takes only jobs dispatched to this agent_name",
+            handler=settings.session_handler,
+            max_sessions=settings.max_sessions,
+        )
+
+    def _registered(worker_id: str, info: ServerInfo) -> None:
+        log.info(
+            "registered with LiveKit: dispatches must use this agent_name",
+            worker_id=worker_id,
+            server_version=info.version,
+        )
+
+    server.on("worker_started", _started)
+    server.on("worker_registered", _registered)
+    return server
+
+
+server = build_server(load_settings())

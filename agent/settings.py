@@ -1,0 +1,130 @@
+"""The agent's settings: read from the environment once, here and nowhere else.
+
+LiveKit and Redis use the ecosystem's variable names (`LIVEKIT_URL`, `LIVEKIT_API_KEY`,
+`LIVEKIT_API_SECRET`, `REDIS_URL`); the agent name is `AGENT_NAME`, shared with the
+orchestrator; everything else is `AGENT_<FIELD>` with a safe default. Durations carry their
+unit in the name.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agent.errors import ConfigError
+from tasks.keys import AGENT_HEARTBEAT_INTERVAL_S
+from tasks.models import check_agent_name
+
+DEFAULT_AGENT_NAME = "support-agent"
+"""The orchestrator's default too: a worker and the orchestrator must agree on it."""
+DEFAULT_HANDLER = "agent.handlers:greeter"
+
+
+class AgentSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="AGENT_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    livekit_url: str | None = Field(None, validation_alias=AliasChoices("LIVEKIT_URL"))
+    """LiveKit server URL; may also come from `--url` on the command line."""
+    livekit_api_key: str | None = Field(None, validation_alias=AliasChoices("LIVEKIT_API_KEY"))
+    livekit_api_secret: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("LIVEKIT_API_SECRET")
+    )
+    agent_name: str = Field(DEFAULT_AGENT_NAME, validation_alias=AliasChoices("AGENT_NAME"))
+    """The name this worker registers with; it only receives dispatches for this name."""
+    redis_url: str = Field("redis://localhost:6379/0", validation_alias=AliasChoices("REDIS_URL"))
+    """Where session reports are enqueued (the orchestrator's Redis)."""
+
+    session_handler: str = DEFAULT_HANDLER
+    """`package.module:function` of the session handler (AGENT_SESSION_HANDLER)."""
+
+    agent_name_override: str | None = Field(
+        None, validation_alias=AliasChoices("LIVEKIT_AGENT_NAME_OVERRIDE")
+    )
+    """livekit-agents' own override of the agent name (set by LiveKit tooling); wins."""
+
+    max_sessions: int = Field(10, ge=1)
+    """Sessions one worker runs at once; at this many it reports itself full."""
+    load_threshold: float = Field(0.7, gt=0.0, le=1.0)
+    """Load (0-1) at which the worker reports itself full: CPU use, or `max_sessions`
+    running. Keep it at or under the server's `agents.target_load` (0.7 by default), above
+    which LiveKit sends the worker no jobs anyway."""
+    count_cpu_load: bool = True
+    """Whether CPU use counts towards the load (AGENT_COUNT_CPU_LOAD=false: sessions only)."""
+    num_idle_processes: int | None = Field(None, ge=0)
+    """Warm job processes kept ready (livekit-agents' default when unset)."""
+    health_host: str = ""
+    """Address of the worker's health endpoint; empty: every interface. With port 0 and
+    every interface, IPv4 and IPv6 get different ports: name one address in that case."""
+    health_port: int | None = Field(None, ge=0, le=65535)
+    """Port of the worker's health endpoint (`GET /`); 0 picks a free one. livekit-agents'
+    default when unset: 8081 with `start`, a free port with `dev`."""
+
+    shutdown_process_timeout_s: float = Field(10.0, gt=0)
+    """How long a job process may take to exit once the worker asks it to."""
+    report_timeout_s: float = Field(15.0, gt=0)
+    """Budget for enqueuing the session report, Redis retries included."""
+    end_probe_timeout_s: float = Field(5.0, ge=0)
+    """Budget for asking LiveKit why a session was ended from outside."""
+    handler_stop_timeout_s: float = Field(5.0, ge=0)
+    """How long a cancelled handler gets to clean up when the session ends from outside."""
+    heartbeat_interval_s: float = Field(AGENT_HEARTBEAT_INTERVAL_S, gt=0)
+    """How often a running session refreshes its heartbeat in Redis."""
+
+    greeting_text: str = "Hello! You are connected to the agent."
+    """What the default handler sends when the first person joins."""
+    greeting_topic: str = "lkd.greeting"
+    """The text-stream topic of the greeting."""
+    first_participant_timeout_s: float = Field(120.0, gt=0)
+    """The default handler ends the session if nobody joins within this time."""
+
+    @field_validator("agent_name")
+    @classmethod
+    def _agent_name(cls, value: str) -> str:
+        return check_agent_name(value)
+
+    @field_validator("session_handler")
+    @classmethod
+    def _handler_path(cls, value: str) -> str:
+        module, sep, attr = value.partition(":")
+        if not sep or not module or not attr:
+            raise ValueError(f"{value!r} must look like 'package.module:function'")
+        return value
+
+    @property
+    def effective_agent_name(self) -> str:
+        """The name the worker registers with (livekit-agents gives the override priority)."""
+        return self.agent_name_override or self.agent_name
+
+    @property
+    def session_end_timeout_s(self) -> float:
+        """What livekit-agents allows `on_session_end`: every step it takes, plus slack."""
+        return self.handler_stop_timeout_s + self.end_probe_timeout_s + self.report_timeout_s + 5.0
+
+
+_ENV_NAMES = {
+    "livekit_url": "LIVEKIT_URL",
+    "livekit_api_key": "LIVEKIT_API_KEY",
+    "livekit_api_secret": "LIVEKIT_API_SECRET",
+    "agent_name": "AGENT_NAME",
+    "agent_name_override": "LIVEKIT_AGENT_NAME_OVERRIDE",
+    "redis_url": "REDIS_URL",
+}
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a settings field."""
+    return _ENV_NAMES.get(field, f"AGENT_{field.upper()}")
+
+
+def load_settings(**overrides: object) -> AgentSettings:
+    """Settings from the environment (and overrides); a ConfigError naming what is wrong."""
+    try:
+        return AgentSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            problems.append(f"{env_name(field)}: {error['msg']}")
+        raise ConfigError("invalid agent settings: " + "; ".join(problems)) from None
