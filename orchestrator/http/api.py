@@ -1,0 +1,248 @@
+"""The JSON API under /v1: dispatch and end sessions, look them up, read results and dead
+letters, replay a failed dispatch."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from orchestrator import dead_letters, queries
+from orchestrator.http.errors import ApiError, invalid, not_found
+from orchestrator.http.schemas import (
+    CountQuery,
+    DeadLetterPage,
+    DeadLetterQuery,
+    DeadLetterView,
+    DispatchAccepted,
+    EndSessionAccepted,
+    EventView,
+    ReplayAccepted,
+    ResultPage,
+    ResultView,
+    SessionPage,
+    SessionQuery,
+    SessionView,
+    session_answer,
+)
+from orchestrator.http.service import of
+from orchestrator.http.spec import Route
+from orchestrator.state import TERMINAL
+from tasks import (
+    DispatchRequest,
+    EndSessionRequest,
+    enqueue_dispatch,
+    enqueue_end_session,
+    keys,
+    recent_results,
+    session_id_for,
+)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def parse_body(request: web.Request, model: type[M]) -> M:
+    """The JSON body as `model`, or a 422 naming every invalid field."""
+    try:
+        return model.model_validate_json(await request.read())
+    except ValidationError as exc:
+        raise invalid(exc) from None
+
+
+def parse_query(request: web.Request, model: type[M]) -> M:
+    try:
+        return model.model_validate(dict(request.query))
+    except ValidationError as exc:
+        raise invalid(exc, "query") from None
+
+
+def reply(answer: BaseModel, status: int = 200) -> web.Response:
+    return web.json_response(answer.model_dump(mode="json"), status=status)
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def _event(request: web.Request, event_id: str) -> EventView:
+    svc = of(request)
+    record: dict[bytes, bytes] = await svc.redis.hgetall(keys.event_key(event_id))  # type: ignore[misc]
+    return EventView(
+        event_id=event_id,
+        job_id=keys.dispatch_job_id(event_id),
+        session_id=_text(record.get(b"session_id")),
+        outcome=_text(record.get(b"outcome")),
+    )
+
+
+async def post_dispatch(request: web.Request) -> web.Response:
+    body = await parse_body(request, DispatchRequest)
+    job = await enqueue_dispatch(of(request).redis, body)
+    event = await _event(request, body.event_id)
+    session_id = event.session_id or session_id_for(body.event_id)
+    answer = DispatchAccepted(
+        job_id=job.job_id,
+        event_id=body.event_id,
+        session_id=session_id,
+        outcome=event.outcome,
+        status_url=f"/v1/sessions/{session_id}",
+    )
+    return reply(answer, 202)
+
+
+async def get_event(request: web.Request) -> web.Response:
+    event_id = request.match_info["event_id"]
+    event = await _event(request, event_id)
+    if event.outcome is None:
+        redis = of(request).redis
+        queued = await redis.exists(
+            keys.ARQ_JOB_PREFIX + event.job_id, keys.ARQ_RESULT_PREFIX + event.job_id
+        )
+        if not queued:
+            raise not_found(f"no event {event_id!r}: never received, or older than the retention")
+        event.session_id = session_id_for(event_id)
+    return reply(event)
+
+
+async def post_end_session(request: web.Request) -> web.Response:
+    body = await parse_body(request, EndSessionRequest)
+    store = of(request).store
+    if body.session_id is not None:
+        session = await store.get(body.session_id)
+        if session is None:
+            raise not_found(f"no session {body.session_id!r}")
+    else:
+        assert body.room is not None
+        holder = await store.room_holder(body.room)
+        session = await store.get(holder) if holder else None
+        if session is None:
+            raise not_found(f"no live session in room {body.room!r}")
+    if session.get("status") in TERMINAL:
+        raise ApiError(
+            409,
+            "already_ended",
+            f"session {session['session_id']} has already ended ({session['status']})",
+        )
+    job = await enqueue_end_session(of(request).redis, body)
+    answer = EndSessionAccepted(
+        job_id=job.job_id, session_id=session["session_id"], room=session["room"]
+    )
+    return reply(answer, 202)
+
+
+def _session_reply(view: dict[str, Any] | None, missing: str) -> web.Response:
+    if view is None:
+        raise not_found(missing)
+    return web.json_response(session_answer(view))
+
+
+async def get_session(request: web.Request) -> web.Response:
+    session_id = request.match_info["session_id"]
+    view = await queries.get_session(of(request).redis, session_id)
+    return _session_reply(
+        view, f"no session {session_id!r}: unknown, or older than the session retention"
+    )
+
+
+async def get_room_session(request: web.Request) -> web.Response:
+    room = request.match_info["room"]
+    view = await queries.session_by_room(of(request).redis, room)
+    return _session_reply(view, f"room {room!r} has no session")
+
+
+def _ms(value: Any) -> int | None:
+    return None if value is None else int(value.timestamp() * 1000)
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    q = parse_query(request, SessionQuery)
+    views = await queries.list_sessions(
+        of(request).redis,
+        status=q.status,
+        agent_name=q.agent_name,
+        since_ms=_ms(q.since),
+        until_ms=_ms(q.until),
+        limit=q.limit,
+    )
+    return web.json_response({"sessions": [session_answer(v) for v in views]})
+
+
+async def results_page(request: web.Request, count: int) -> list[ResultView]:
+    entries = await recent_results(of(request).redis, count)
+    return [ResultView(entry_id=e.entry_id, report=e.report) for e in entries]
+
+
+async def list_results(request: web.Request) -> web.Response:
+    q = parse_query(request, CountQuery)
+    return reply(ResultPage(results=await results_page(request, q.count)))
+
+
+async def dead_letter_page(
+    request: web.Request, count: int, include_payload: bool = False
+) -> list[DeadLetterView]:
+    letters = await dead_letters.recent(of(request).redis, count)
+    return [
+        DeadLetterView(
+            entry_id=d.entry_id,
+            kind=d.kind,
+            reason=d.reason,
+            job_id=d.job_id,
+            event_id=d.event_id,
+            session_id=d.session_id,
+            generation=d.generation,
+            at_ms=d.at_ms,
+            replayable=d.replayable,
+            replayed_as=d.replayed_as,
+            payload=d.payload if include_payload else None,
+        )
+        for d in letters
+    ]
+
+
+async def list_dead_letters(request: web.Request) -> web.Response:
+    q = parse_query(request, DeadLetterQuery)
+    page = await dead_letter_page(request, q.count, q.include_payload)
+    return reply(DeadLetterPage(dead_letters=page))
+
+
+async def replay_dead_letter(request: web.Request) -> web.Response:
+    entry_id = request.match_info["entry_id"]
+    redis = of(request).redis
+    letter = await dead_letters.get(redis, entry_id) if _entry_id_ok(entry_id) else None
+    if letter is None:
+        raise not_found(f"no dead letter {entry_id!r}")
+    try:
+        job_id = await dead_letters.replay(redis, entry_id)
+    except dead_letters.ReplayError as exc:
+        raise ApiError(409, "not_replayable", str(exc)) from None
+    return reply(ReplayAccepted(entry_id=entry_id, job_id=job_id), 202)
+
+
+def _entry_id_ok(entry_id: str) -> bool:
+    ms, _, seq = entry_id.partition("-")
+    return ms.isdigit() and seq.isdigit()
+
+
+ROUTES = [
+    Route("POST", "/v1/dispatches", post_dispatch, "Dispatch an agent for an event", "write",
+          body=DispatchRequest, answer=DispatchAccepted, status=202,
+          description="Idempotent on event_id: the same event again returns the same ids."),
+    Route("GET", "/v1/events/{event_id}", get_event, "What happened to an event", "read",
+          answer=EventView, errors=(404,)),
+    Route("POST", "/v1/sessions/end", post_end_session, "End a session by id or room", "write",
+          body=EndSessionRequest, answer=EndSessionAccepted, status=202, errors=(404, 409)),
+    Route("GET", "/v1/sessions", list_sessions, "Recent sessions, newest first", "read",
+          query=SessionQuery, answer=SessionPage),
+    Route("GET", "/v1/sessions/{session_id}", get_session, "A session by id", "read",
+          answer=SessionView, errors=(404,)),
+    Route("GET", "/v1/rooms/{room}/session", get_room_session, "A room's newest session",
+          "read", answer=SessionView, errors=(404,)),
+    Route("GET", "/v1/results", list_results, "Newest reports on the results stream", "read",
+          query=CountQuery, answer=ResultPage),
+    Route("GET", "/v1/dead-letters", list_dead_letters, "Newest dead letters", "read",
+          query=DeadLetterQuery, answer=DeadLetterPage),
+    Route("POST", "/v1/dead-letters/{entry_id}/replay", replay_dead_letter,
+          "Replay a failed dispatch as a new session", "write", answer=ReplayAccepted,
+          status=202, errors=(404, 409)),
+]  # fmt: skip

@@ -1,0 +1,218 @@
+"""The HTTP API's own models: query parameters and answers. Requests are the wire contract's
+models (`tasks.models`); every answer goes through one of these, so the OpenAPI document
+generated from them describes what is really sent."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from orchestrator.queries import SESSION_STATUSES
+from tasks.models import SessionReport
+
+SessionState = Literal["claimed", "dispatched", "assigned", "ending", "completed", "failed", "lost"]
+assert set(get_args(SessionState)) == set(SESSION_STATUSES)
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class _Query(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class ErrorBody(_Answer):
+    """Every 4xx/5xx answer: a stable `error` code and a `reason` a person can act on."""
+
+    error: str
+    reason: str
+
+
+class FieldError(_Answer):
+    field: str
+    """Dotted path of the invalid field ("metadata.user", "room"), or "(body)"."""
+    message: str
+    type: str
+    """pydantic's error type, e.g. "missing", "string_too_short", "value_error"."""
+
+
+class ValidationErrorBody(_Answer):
+    """422: the body or the query was invalid; `fields` names every invalid field."""
+
+    error: Literal["invalid_request"] = "invalid_request"
+    reason: str
+    fields: list[FieldError]
+
+
+class DispatchAccepted(_Answer):
+    """A dispatch request on the queue. Posting the same `event_id` again returns the same
+    ids and queues nothing more."""
+
+    job_id: str
+    event_id: str
+    session_id: str
+    """The session this event opens. When its room already has a live session the event is
+    deduplicated onto that one, and a repeated POST (or GET /v1/events/{event_id}) says so."""
+    outcome: str | None = None
+    """What the worker did with the event (dispatched, deduplicated, expired, failed, ...);
+    null until a worker has handled it."""
+    status_url: str
+
+
+class EventView(_Answer):
+    """The idempotency record of an event: what happened to it, and which session serves it."""
+
+    event_id: str
+    job_id: str
+    session_id: str | None = None
+    outcome: str | None = None
+
+
+class EndSessionAccepted(_Answer):
+    job_id: str
+    session_id: str
+    room: str
+
+
+class SessionView(BaseModel):
+    """A session record. Times are unix milliseconds."""
+
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
+
+    session_id: str
+    event_id: str = ""
+    room: str = ""
+    status: SessionState
+    agent_name: str | None = None
+    generation: int | None = None
+    dispatch_id: str | None = None
+    job_id: str | None = None
+    worker_id: str | None = None
+    enqueued_at: int | None = None
+    claimed_at: int | None = None
+    dispatched_at: int | None = None
+    assigned_at: int | None = None
+    end_requested_at: int | None = None
+    ended_at: int | None = None
+    attempts: int | None = None
+    age_s: float | None = None
+    """Seconds since the room was claimed."""
+    time_to_dispatch_ms: int | None = None
+    """From enqueue to LiveKit accepting CreateDispatch."""
+    end_reason: str | None = None
+    last_error: str | None = None
+    report_source: str | None = None
+
+
+class SessionPage(_Answer):
+    sessions: list[SessionView]
+
+
+class ResultView(_Answer):
+    entry_id: str
+    """The results stream entry id."""
+    report: SessionReport
+
+
+class ResultPage(_Answer):
+    results: list[ResultView]
+
+
+class DeadLetterView(_Answer):
+    entry_id: str
+    kind: str
+    """failed_dispatch (replayable), invalid_event, invalid_report or malformed_job."""
+    reason: str
+    job_id: str
+    event_id: str
+    session_id: str
+    generation: int
+    at_ms: int
+    replayable: bool
+    replayed_as: str | None = None
+    payload: str | None = None
+    """The event or raw job as received; only with include_payload=true (it may carry
+    personal data)."""
+
+
+class DeadLetterPage(_Answer):
+    dead_letters: list[DeadLetterView]
+
+
+class ReplayAccepted(_Answer):
+    entry_id: str
+    job_id: str
+
+
+class DispatchPoint(_Answer):
+    at_ms: int
+    ms: int
+    room: str
+
+
+class Overview(_Answer):
+    """Everything the dashboard shows, in one answer."""
+
+    now_ms: int
+    queue_depth: int
+    live_count: int
+    live_sessions: list[SessionView]
+    time_to_dispatch: list[DispatchPoint]
+    reports: list[ResultView]
+    dead_letters: list[DeadLetterView]
+    worker_ok: bool
+
+
+class Check(_Answer):
+    ok: bool
+    detail: str
+
+
+class Health(_Answer):
+    status: Literal["ok", "failing"]
+    failing: list[str]
+    checks: dict[str, Check]
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError("must carry a timezone (2026-11-21T14:00:00Z) or be unix seconds/ms")
+    return value
+
+
+class SessionQuery(_Query):
+    status: SessionState | None = None
+    agent_name: str | None = None
+    since: datetime | None = None
+    """Sessions created at or after this time (ISO 8601 with zone, or unix seconds/ms)."""
+    until: datetime | None = None
+    limit: int = Field(50, ge=1, le=500)
+
+    @field_validator("since", "until")
+    @classmethod
+    def _tz(cls, value: datetime | None) -> datetime | None:
+        return _aware(value)
+
+
+class CountQuery(_Query):
+    count: int = Field(50, ge=1, le=500)
+
+
+class DeadLetterQuery(_Query):
+    count: int = Field(50, ge=1, le=500)
+    include_payload: bool = False
+
+
+class OverviewQuery(_Query):
+    window_s: int = Field(900, ge=60, le=24 * 3600)
+    """How far back the time-to-dispatch series goes."""
+    reports: int = Field(20, ge=1, le=200)
+    dead_letters: int = Field(20, ge=1, le=200)
+
+
+def session_answer(view: dict[str, Any]) -> dict[str, Any]:
+    """A queries.session_view dict, checked against SessionView, as JSON-able data."""
+    return SessionView.model_validate(view).model_dump(mode="json", exclude_none=True)

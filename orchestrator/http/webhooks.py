@@ -1,0 +1,132 @@
+"""The LiveKit webhook receiver: signed events that end sessions as soon as LiveKit says the
+room closed (`room_finished`) or the session's agent left it (`participant_left`).
+
+The webhook decides nothing about reports. For the room's live session it records the time
+LiveKit saw the agent go (`gone_since`, which reconciliation measures the report grace from)
+and asks for the end like a producer would (an `end_session` job: the dispatch is withdrawn,
+and a session no agent ever took is closed at once). The agent's own report still wins if it
+arrives; otherwise reconciliation, the one place that decides a session is `lost`, files that
+report once the grace has passed. Reconciliation stays the safety net for missed webhooks.
+"""
+
+from __future__ import annotations
+
+import jwt
+import structlog
+from aiohttp import web
+from google.protobuf import json_format
+from livekit.protocol import models, webhook
+
+from orchestrator.http.errors import ApiError
+from orchestrator.http.observe import WEBHOOKS
+from orchestrator.http.service import Service, of
+from orchestrator.http.spec import Route
+from orchestrator.state import TERMINAL, now_ms
+from tasks import EndSessionRequest, enqueue_end_session
+
+log = structlog.get_logger("orchestrator.webhooks")
+
+AGENT = models.ParticipantInfo.Kind.AGENT
+LIVE = ("claimed", "dispatched", "assigned", "ending")
+_ENDS = {
+    "room_finished": "LiveKit room_finished: the room closed",
+    "participant_left": "LiveKit participant_left: the agent left the room",
+}
+
+
+def is_session_agent(session: dict[str, str], participant: models.ParticipantInfo) -> bool:
+    """Whether `participant` is the session's agent: the identity LiveKit agents take for
+    the session's job (`agent-<job id>`), or an agent participant that is not another job's."""
+    job_id = session.get("job_id")
+    if job_id and participant.identity == f"agent-{job_id}":
+        return True
+    if participant.kind != AGENT:
+        return False
+    return not (job_id and participant.identity.startswith("agent-AJ_"))
+
+
+def _why_not(session: dict[str, str] | None, event: webhook.WebhookEvent) -> str | None:
+    """Why the event does not end `session`; None when it does."""
+    if session is None or session.get("status") in TERMINAL:
+        return "no_live_session"
+    dispatched_at = int(session.get("dispatched_at") or 0)
+    if not dispatched_at:
+        return "not_dispatched_yet"
+    closed_s = event.created_at
+    if event.event == "room_finished" and closed_s and dispatched_at >= (closed_s + 1) * 1000:
+        return "room_closed_before_dispatch"  # our dispatch made a new room of that name
+    if event.event == "participant_left" and not is_session_agent(session, event.participant):
+        return "not_the_agent"
+    return None
+
+
+async def handle_event(svc: Service, event: webhook.WebhookEvent) -> str:
+    """Act on one verified event; what was done, for the answer and the metrics."""
+    if event.event not in _ENDS:
+        return "ignored"
+    room = event.room.name
+    holder = await svc.store.room_holder(room)
+    session = await svc.store.get(holder) if holder else None
+    why_not = _why_not(session, event)
+    if why_not is not None or session is None:
+        return why_not or "no_live_session"
+    session_id = session["session_id"]
+    if not session.get("gone_since"):
+        await svc.store.transition(session_id, LIVE, gone_since=now_ms())
+    if session.get("status") != "ending":
+        end = EndSessionRequest(session_id=session_id, reason=_ENDS[event.event])
+        await enqueue_end_session(svc.redis, end)
+    log.info("session ending on webhook", session_id=session_id, room=room, webhook=event.event)
+    return "ending"
+
+
+def _rejection(exc: Exception) -> str:
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return "its token has expired"
+    if isinstance(exc, jwt.InvalidIssuerError):
+        return "it was signed with another API key than LIVEKIT_API_KEY"
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return "its signature does not match LIVEKIT_API_SECRET"
+    if isinstance(exc, jwt.PyJWTError):
+        return f"its Authorization is not a valid LiveKit token ({type(exc).__name__})"
+    if "hash mismatch" in str(exc):
+        return "the body does not match the signed sha256 (altered in transit?)"
+    return f"its token carries no body hash ({exc})"
+
+
+async def livekit_webhook(request: web.Request) -> web.Response:
+    svc = of(request)
+    token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not token:
+        WEBHOOKS.labels("unknown", "unsigned").inc()
+        raise ApiError(401, "unsigned", "webhook rejected: no Authorization header")
+    try:
+        body = (await request.read()).decode("utf-8")
+        event = svc.webhook_receiver.receive(body, token)
+    except (UnicodeDecodeError, json_format.ParseError) as exc:
+        WEBHOOKS.labels("unknown", "invalid").inc()
+        raise ApiError(400, "invalid_event", f"not a LiveKit WebhookEvent: {exc}") from None
+    except Exception as exc:
+        reason = _rejection(exc)
+        WEBHOOKS.labels("unknown", "bad_signature").inc()
+        log.warning("webhook rejected", reason=reason)
+        raise ApiError(401, "bad_signature", f"webhook rejected: {reason}") from None
+    outcome = await handle_event(svc, event)
+    WEBHOOKS.labels(event.event or "unknown", outcome).inc()
+    return web.json_response({"event": event.event, "id": event.id, "outcome": outcome})
+
+
+ROUTES = [
+    Route(
+        "POST",
+        "/livekit/webhook",
+        livekit_webhook,
+        "LiveKit webhook receiver",
+        "public",
+        tag="livekit",
+        errors=(400, 401),
+        description="Signed by LiveKit (Authorization: a JWT whose sha256 claim is the "
+        "body's hash, with LIVEKIT_API_KEY/SECRET). room_finished and the agent's "
+        "participant_left end the room's live session.",
+    )
+]

@@ -1,0 +1,216 @@
+"""The LiveKit webhook receiver: signatures as the real server makes them, and sessions ended
+promptly when LiveKit says the room closed or the agent left."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from datetime import timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+from arq import ArqRedis
+from arq.worker import Worker
+from livekit import api
+from livekit.protocol import models, webhook
+
+from livekit_sim import LiveKitSim
+from livekit_sim.webhooks import encode_event, sign_body
+from orchestrator.http.webhooks import _why_not, is_session_agent
+from orchestrator.local_redis import LocalRedis
+from orchestrator.settings import Settings
+from tasks import enqueue_session_report, recent_results
+from tests.http.conftest import API_KEY, API_SECRET, make_settings
+from tests.http.test_api import call, session_in
+from tests.http.test_observe import scrape
+from tests.orchestrator.conftest import RunWorker
+from tests.orchestrator.test_sessions import agent_report
+from tests.support.fake_worker import AcceptingWorker
+from tests.support.waiting import eventually
+
+HOOK = "/livekit/webhook"
+
+
+def room_finished(room: str, created_at: int | None = None) -> bytes:
+    event = webhook.WebhookEvent(
+        event="room_finished",
+        room=models.Room(name=room, sid="RM_x"),
+        id="EV_test",
+        created_at=int(time.time()) if created_at is None else created_at,
+    )
+    return encode_event(event)
+
+
+async def post_hook(
+    anonymous: aiohttp.ClientSession, body: bytes, authorization: str | None
+) -> tuple[int, Any]:
+    headers = {"Content-Type": "application/webhook+json"}
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    async with anonymous.post(HOOK, data=body, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def hooks_counted(client: aiohttp.ClientSession, event: str, outcome: str) -> float:
+    """How many webhooks `event` this service process has handled with `outcome`."""
+    found = await scrape(client)
+    return found.get(("lkd_webhooks_received_total", (("event", event), ("outcome", outcome))), 0)
+
+
+async def counted_once_more(client: aiohttp.ClientSession, event: str, outcome: str) -> Any:
+    """Wait for one more webhook `event` handled with `outcome` than now."""
+    before = await hooks_counted(client, event, outcome)
+
+    async def more() -> bool:
+        return await hooks_counted(client, event, outcome) > before
+
+    return more
+
+
+async def test_signature_is_verified(anonymous: aiohttp.ClientSession) -> None:
+    body = room_finished("r-sig")
+    status, answer = await post_hook(anonymous, body, sign_body(body, API_KEY, API_SECRET))
+    assert (status, answer["outcome"]) == (200, "no_live_session")
+
+    tampered = body.replace(b"r-sig", b"r-sag")
+    status, answer = await post_hook(anonymous, tampered, sign_body(body, API_KEY, API_SECRET))
+    assert status == 401
+    assert "does not match the signed sha256" in answer["reason"]
+
+    status, answer = await post_hook(anonymous, body, None)
+    assert (status, answer["error"]) == (401, "unsigned")
+
+    other_secret = sign_body(body, API_KEY, "another-secret-of-at-least-32-bytes-long")
+    status, answer = await post_hook(anonymous, body, other_secret)
+    assert status == 401
+    assert "LIVEKIT_API_SECRET" in answer["reason"]
+
+    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    expired = (
+        api.AccessToken(API_KEY, API_SECRET)
+        .with_ttl(timedelta(seconds=-120))
+        .with_sha256(digest)
+        .to_jwt()
+    )
+    status, answer = await post_hook(anonymous, body, expired)
+    assert (status, answer["reason"]) == (401, "webhook rejected: its token has expired")
+
+    no_hash = api.AccessToken(API_KEY, API_SECRET).to_jwt()
+    status, _ = await post_hook(anonymous, body, no_hash)
+    assert status == 401
+
+    status, _ = await post_hook(anonymous, body, "not-a-jwt")
+    assert status == 401
+
+    garbage = b"not json"
+    status, _ = await post_hook(anonymous, garbage, sign_body(garbage, API_KEY, API_SECRET))
+    assert status == 400
+
+
+async def test_room_finished_from_livekit_ends_the_session_promptly(
+    client: aiohttp.ClientSession,
+    sim: LiveKitSim,
+    arq_redis: ArqRedis,
+    orchestrator: Worker,
+    agent_worker: AcceptingWorker,
+) -> None:
+    _, accepted = await call(
+        client, "POST", "/v1/dispatches", {"event_id": "evt-hook", "room": "r-hook"}
+    )
+    sid = accepted["session_id"]
+    await eventually(lambda: session_in(client, sid, "assigned"), what="assigned")
+    handled = await counted_once_more(client, "room_finished", "ending")
+    await sim.close_room("r-hook")  # the sim posts a signed room_finished to the service
+    await eventually(handled, what="room_finished acted on")
+    session = await eventually(lambda: session_in(client, sid, "ending", "lost"), what="ending")
+    assert session.get("gone_since")  # the report grace runs from LiveKit's word
+    await eventually(lambda: session_in(client, sid, "lost"), what="lost")
+    [entry] = await recent_results(arq_redis)
+    assert (entry.report.status, entry.report.source) == ("lost", "orchestrator")
+    assert sim.webhooks.failed == 0
+
+
+async def test_the_agents_own_report_wins(
+    client: aiohttp.ClientSession,
+    redis_server: LocalRedis,
+    sim: LiveKitSim,
+    arq_redis: ArqRedis,
+    run_worker: RunWorker,
+    agent_worker: AcceptingWorker,
+) -> None:
+    await run_worker(make_settings(redis_server, sim, report_grace_s=30))
+    _, accepted = await call(
+        client, "POST", "/v1/dispatches", {"event_id": "evt-win", "room": "r-win"}
+    )
+    sid = accepted["session_id"]
+    await eventually(lambda: session_in(client, sid, "assigned"), what="assigned")
+    await sim.close_room("r-win")
+    await eventually(lambda: session_in(client, sid, "ending"), what="ending")
+    report = agent_report(sid, "r-win", event_id="evt-win", end_reason="room closed")
+    await enqueue_session_report(arq_redis, report)
+    session = await eventually(lambda: session_in(client, sid, "completed"), what="completed")
+    assert session["report_source"] == "agent"
+
+
+async def test_the_agent_leaving_ends_the_session_but_a_caller_leaving_does_not(
+    client: aiohttp.ClientSession,
+    sim: LiveKitSim,
+    orchestrator: Worker,
+    agent_worker: AcceptingWorker,
+    settings: Settings,
+) -> None:
+    _, accepted = await call(
+        client, "POST", "/v1/dispatches", {"event_id": "evt-left", "room": "r-left"}
+    )
+    sid = accepted["session_id"]
+    session = await eventually(lambda: session_in(client, sid, "assigned"), what="assigned")
+    agent_identity = f"agent-{session['job_id']}"
+    await sim.join_participant("r-left", "caller")
+    await sim.join_participant("r-left", agent_identity, kind="agent")
+    ignored = await counted_once_more(client, "participant_left", "not_the_agent")
+    await sim.leave_participant("r-left", "caller")
+    await eventually(ignored, what="caller's leave ignored")
+    assert await session_in(client, sid, "assigned")
+
+    handled = await counted_once_more(client, "participant_left", "ending")
+    await sim.leave_participant("r-left", agent_identity)
+    await eventually(handled, what="agent's leave acted on")
+    await eventually(lambda: session_in(client, sid, "lost"), what="lost")
+    assert [d for d in sim.dispatches("r-left") if d.agent_name] == []
+
+
+def participant(identity: str, kind: int = models.ParticipantInfo.Kind.STANDARD) -> Any:
+    return models.ParticipantInfo(identity=identity, kind=kind)  # type: ignore[arg-type]
+
+
+AGENT = models.ParticipantInfo.Kind.AGENT
+
+
+@pytest.mark.parametrize(
+    ("session", "who", "expected"),
+    [
+        ({"job_id": "AJ_1"}, participant("agent-AJ_1"), True),
+        ({"job_id": "AJ_1"}, participant("agent-AJ_1", AGENT), True),
+        ({"job_id": "AJ_1"}, participant("agent-AJ_2", AGENT), False),  # another job's agent
+        ({"job_id": "AJ_1"}, participant("my-bot", AGENT), True),  # custom identity
+        ({}, participant("agent-AJ_9", AGENT), True),  # job not confirmed yet
+        ({}, participant("caller"), False),
+    ],
+)
+def test_which_participant_is_the_sessions_agent(
+    session: dict[str, str], who: Any, expected: bool
+) -> None:
+    assert is_session_agent(session, who) is expected
+
+
+def test_a_room_that_closed_before_the_dispatch_does_not_end_it() -> None:
+    now_s = int(time.time())
+    live = {"status": "dispatched", "dispatched_at": str((now_s + 5) * 1000)}
+    event = webhook.WebhookEvent(event="room_finished", created_at=now_s)
+    assert _why_not(live, event) == "room_closed_before_dispatch"
+    live["dispatched_at"] = str((now_s - 5) * 1000)
+    assert _why_not(live, event) is None
+    assert _why_not({"status": "claimed"}, event) == "not_dispatched_yet"
+    assert _why_not({"status": "lost", "dispatched_at": "1"}, event) == "no_live_session"
