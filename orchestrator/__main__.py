@@ -1,0 +1,5 @@
+"""`python -m orchestrator <command>`: the command line (`--help` lists the commands)."""
+
+from orchestrator.cli.app import entry_point
+
+entry_point()

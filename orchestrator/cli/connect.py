@@ -1,0 +1,47 @@
+"""Opening the command line's Redis connection, failing fast with a message that says where
+it looked (without the password)."""
+
+from __future__ import annotations
+
+import dataclasses
+from urllib.parse import urlsplit, urlunsplit
+
+from arq import ArqRedis, create_pool
+from redis.exceptions import RedisError
+
+from tasks.connection import redis_settings
+from tasks.serialization import deserialize, serialize
+
+
+class RedisUnreachable(Exception):
+    """Redis could not be reached; the message names the URL (password hidden) and REDIS_URL."""
+
+
+def safe_url(url: str) -> str:
+    """`url` with any password replaced by `***`, fit for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def open_redis(url: str, *, timeout_s: float = 3.0) -> ArqRedis:
+    """An ArqRedis speaking the JSON job format, connected once (no retry loop: a person is
+    waiting)."""
+    settings = dataclasses.replace(
+        redis_settings(url), conn_timeout=max(1, int(timeout_s)), conn_retries=0
+    )
+    try:
+        redis = await create_pool(
+            settings, job_serializer=serialize, job_deserializer=deserialize, retry=0
+        )
+        await redis.ping()
+    except (RedisError, OSError) as exc:
+        raise RedisUnreachable(
+            f"cannot reach Redis at {safe_url(url)} ({type(exc).__name__}: {exc}): "
+            "is it running, and is REDIS_URL right?"
+        ) from None
+    return redis

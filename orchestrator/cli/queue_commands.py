@@ -1,0 +1,287 @@
+"""Commands that only talk to Redis: put events on the queue, end sessions, and read what
+happened (sessions, results, dead letters). Each returns the process exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from arq import ArqRedis
+from pydantic import ValidationError
+
+from orchestrator import dead_letters, queries
+from orchestrator.cli.output import Output, age_of, clock, duration
+from tasks import keys
+from tasks.models import DispatchRequest, EndSessionRequest, session_id_for
+from tasks.producer import enqueue_dispatch, enqueue_end_session
+
+EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE = 0, 1, 2
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class UsageError(Exception):
+    """The command line was wrong; the message says which option and what it takes."""
+
+
+def parse_since(text: str) -> int:
+    """`10m`, `2h`, `1d` ago, or an ISO time, as unix ms."""
+    match = _DURATION.match(text.strip())
+    if match:
+        return int((time.time() - float(match[1]) * _UNIT_S[match[2]]) * 1000)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--since {text!r}: use 90s, 10m, 2h, 1d or an ISO time") from None
+    if when.tzinfo is None:
+        when = when.astimezone()
+    return int(when.timestamp() * 1000)
+
+
+def _pydantic_problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}"
+        for e in exc.errors(include_input=False, include_url=False)
+    )
+
+
+def build_dispatch_request(args: argparse.Namespace) -> DispatchRequest:
+    """The event from `--event FILE|-` (a DispatchRequest's JSON) and/or the flags."""
+    data: dict[str, Any] = {}
+    if args.event:
+        text = sys.stdin.read() if args.event == "-" else Path(args.event).read_text()
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--event: not JSON ({exc.msg} at character {exc.pos})") from None
+        if not isinstance(loaded, dict):
+            raise UsageError("--event: the event must be a JSON object")
+        data.update(loaded)
+    metadata: dict[str, Any] = dict(data.get("metadata") or {})
+    if args.metadata:
+        try:
+            extra = json.loads(args.metadata)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--metadata: not JSON ({exc.msg})") from None
+        if not isinstance(extra, dict):
+            raise UsageError('--metadata: must be a JSON object, e.g. \'{"user_id": "u1"}\'')
+        metadata.update(extra)
+    for pair in args.meta or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--meta {pair!r}: use NAME=VALUE")
+        metadata[name] = value
+    for name, value in (
+        ("event_id", args.event_id),
+        ("room", args.room),
+        ("agent_name", args.agent_name),
+    ):
+        if value is not None:
+            data[name] = value
+    data.setdefault("event_id", f"cli-{uuid.uuid4().hex[:16]}")
+    if metadata or "metadata" in data:
+        data["metadata"] = metadata
+    if args.expires_in_s is not None:
+        data["expires_at"] = (datetime.now(UTC) + timedelta(seconds=args.expires_in_s)).isoformat()
+    if args.delay_s is not None:
+        data["not_before"] = (datetime.now(UTC) + timedelta(seconds=args.delay_s)).isoformat()
+    try:
+        return DispatchRequest.model_validate(data)
+    except ValidationError as exc:
+        raise UsageError("invalid event: " + _pydantic_problems(exc)) from None
+
+
+async def cmd_dispatch(args: argparse.Namespace, out: Output, redis: ArqRedis) -> int:
+    request = build_dispatch_request(args)
+    job_id = keys.dispatch_job_id(request.event_id)
+    known = await redis.exists(
+        keys.ARQ_JOB_PREFIX + job_id,
+        keys.ARQ_RESULT_PREFIX + job_id,
+        keys.event_key(request.event_id),
+    )
+    job = await enqueue_dispatch(redis, request)
+    answer: dict[str, Any] = {
+        "job_id": job.job_id,
+        "event_id": request.event_id,
+        "session_id": session_id_for(request.event_id),
+        "room": request.room,
+        "enqueued": not known,
+    }
+    if args.wait_s:
+        result = await job.result(timeout=args.wait_s, poll_delay=0.05)
+        answer["result"] = result
+    if out.json_mode:
+        out.json(answer)
+        return EXIT_OK
+    if known:
+        out.line(f"event {request.event_id} is already queued or handled: nothing new enqueued")
+    else:
+        out.line(f"enqueued {job.job_id}")
+    out.fields([("session", answer["session_id"]), ("room", request.room)])
+    if "result" in answer:
+        result = answer["result"]
+        outcome = str(result.get("outcome", "?"))
+        out.fields([("outcome", out.status(outcome)), ("reason", str(result.get("reason") or ""))])
+        if result.get("session_id") and result["session_id"] != answer["session_id"]:
+            out.fields([("live session", str(result["session_id"]))])
+    return EXIT_OK
+
+
+async def cmd_end(args: argparse.Namespace, out: Output, redis: ArqRedis) -> int:
+    try:
+        request = EndSessionRequest(
+            session_id=args.session_id,
+            room=args.room,
+            delete_room=args.delete_room,
+            reason=args.reason,
+        )
+    except ValidationError as exc:
+        raise UsageError(_pydantic_problems(exc)) from None
+    job = await enqueue_end_session(redis, request)
+    target = f"session {args.session_id}" if args.session_id else f"room {args.room}"
+    if out.json_mode:
+        out.json({"job_id": job.job_id, "session_id": args.session_id, "room": args.room})
+    else:
+        action = "delete the room" if args.delete_room else "withdraw the agent"
+        out.line(f"enqueued {job.job_id}: end {target} ({action})")
+    return EXIT_OK
+
+
+def _session_pairs(out: Output, s: dict[str, Any]) -> list[tuple[str, str]]:
+    ttd = s.get("time_to_dispatch_ms")
+    return [
+        ("session", str(s.get("session_id", ""))),
+        ("status", out.status(str(s.get("status", "")))),
+        ("room", str(s.get("room", ""))),
+        ("agent_name", str(s.get("agent_name", ""))),
+        ("event", str(s.get("event_id", ""))),
+        ("enqueued", clock(s.get("enqueued_at"))),
+        ("claimed", clock(s.get("claimed_at"))),
+        ("dispatched", clock(s.get("dispatched_at"))),
+        ("assigned", clock(s.get("assigned_at"))),
+        ("ended", clock(s.get("ended_at"))),
+        ("time to dispatch", duration(ttd / 1000) if ttd is not None else ""),
+        ("dispatch", str(s.get("dispatch_id", ""))),
+        ("job", str(s.get("job_id", ""))),
+        ("worker", str(s.get("worker_id", ""))),
+        ("attempts", str(s.get("attempts", ""))),
+        ("end reason", str(s.get("end_reason", ""))),
+        ("last error", out.paint(str(s.get("last_error", "")), "red")),
+    ]
+
+
+async def cmd_session(args: argparse.Namespace, out: Output, redis: ArqRedis) -> int:
+    if bool(args.session_id) == bool(args.room):
+        raise UsageError("give a session id or --room ROOM")
+    if args.session_id:
+        session = await queries.get_session(redis, args.session_id)
+        what = f"session {args.session_id}"
+    else:
+        session = await queries.session_by_room(redis, args.room)
+        what = f"a session in room {args.room}"
+    if session is None:
+        if out.json_mode:
+            out.json(None)
+        else:
+            out.error(f"no {what} (sessions are kept for LKD_SESSION_RETENTION_S)")
+        return EXIT_NOT_FOUND
+    if out.json_mode:
+        out.json(session)
+    else:
+        out.fields(_session_pairs(out, session))
+    return EXIT_OK
+
+
+async def cmd_sessions(args: argparse.Namespace, out: Output, redis: ArqRedis) -> int:
+    if args.live:
+        sessions = await queries.live_sessions(redis)
+    else:
+        sessions = await queries.list_sessions(
+            redis,
+            status=args.status,
+            agent_name=args.agent_name,
+            since_ms=parse_since(args.since) if args.since else None,
+            limit=args.limit,
+        )
+    if out.json_mode:
+        out.json(sessions)
+        return EXIT_OK
+    if not sessions:
+        out.line("no sessions match")
+        return EXIT_OK
+    rows = []
+    for s in sessions:
+        ttd = s.get("time_to_dispatch_ms")
+        note = s.get("last_error") or s.get("end_reason") or ""
+        rows.append(
+            [
+                str(s.get("session_id", "")),
+                out.status(str(s.get("status", ""))),
+                str(s.get("room", "")),
+                str(s.get("agent_name", "")),
+                age_of(s.get("claimed_at")),
+                duration(ttd / 1000) if ttd is not None else "",
+                str(note)[:80],
+            ]
+        )
+    out.table(["SESSION", "STATUS", "ROOM", "AGENT", "AGE", "TO DISPATCH", "NOTE"], rows)
+    return EXIT_OK
+
+
+async def cmd_dead_letters(args: argparse.Namespace, out: Output, redis: ArqRedis) -> int:
+    if args.action == "replay":
+        try:
+            job_id = await dead_letters.replay(redis, args.entry_id)
+        except dead_letters.ReplayError as exc:
+            out.error(str(exc))
+            return EXIT_NOT_FOUND
+        if out.json_mode:
+            out.json({"entry_id": args.entry_id, "job_id": job_id})
+        else:
+            out.line(f"replayed {args.entry_id} as {job_id}")
+        return EXIT_OK
+    letters = await dead_letters.recent(redis, count=args.count)
+    if out.json_mode:
+        # The payload may carry personal data: it stays in Redis unless asked for.
+        out.json(
+            [
+                {
+                    "entry_id": d.entry_id,
+                    "kind": d.kind,
+                    "reason": d.reason,
+                    "job_id": d.job_id,
+                    "event_id": d.event_id,
+                    "session_id": d.session_id,
+                    "at_ms": d.at_ms,
+                    "replayable": d.replayable,
+                    "replayed_as": d.replayed_as,
+                    **({"payload": d.payload} if args.payload else {}),
+                }
+                for d in letters
+            ]
+        )
+        return EXIT_OK
+    if not letters:
+        out.line("no dead letters")
+        return EXIT_OK
+    for d in letters:
+        state = (
+            "replayable"
+            if d.replayable
+            else (f"replayed as {d.replayed_as}" if d.replayed_as else "")
+        )
+        out.line(
+            f"{out.paint(d.entry_id, 'bold')}  {clock(d.at_ms)}  {out.paint(d.kind, 'yellow')}"
+            f"  {d.event_id or d.job_id}  {out.paint(state, 'green')}"
+        )
+        out.line(f"    {d.reason}")
+        if args.payload:
+            out.line(f"    payload: {d.payload}")
+    return EXIT_OK
