@@ -50,7 +50,8 @@ async def reject_invalid(
 
 async def dispatch_agent(ctx: dict[str, Any], event: Any, generation: int = 0) -> dict[str, Any]:
     c = of(ctx)
-    metrics.EVENTS_RECEIVED.inc()
+    if ctx["job_try"] == 1:
+        metrics.EVENTS_RECEIVED.inc()
     try:
         request = DispatchRequest.model_validate(event)
     except ValidationError as exc:
@@ -73,7 +74,7 @@ async def _dispatch(
     ctx: dict[str, Any], c: Context, request: DispatchRequest, session_id: str, generation: int
 ) -> dict[str, Any]:
     if request.expires_at is not None and datetime.now(UTC) >= request.expires_at:
-        await c.store.record_event(request.event_id, "expired")
+        await c.store.record_event(request.event_id, "expired", overwrite=False)
         metrics.DISPATCH_OUTCOMES.labels("expired").inc()
         log.info("event expired before dispatch", expires_at=request.expires_at.isoformat())
         return {"outcome": "expired"}

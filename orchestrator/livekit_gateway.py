@@ -76,7 +76,12 @@ class LiveKitGateway:
         )
 
     async def delete_dispatch(self, dispatch_id: str, room: str) -> bool:
-        """Delete a dispatch (its agent leaves); False when it or its room is already gone."""
+        """Delete a dispatch (its agent leaves); False when it or its room is already gone.
+
+        ListRooms first, for the reason room_dispatches gives: a room that is not running
+        would take LiveKit ~3 s to answer `unavailable`."""
+        if not await self.list_rooms([room]):
+            return False
         try:
             await self._call(
                 "DeleteDispatch",

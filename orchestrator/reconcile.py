@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from orchestrator import metrics, queries
+from orchestrator import queries
 from orchestrator.context import Context, of
 from orchestrator.dispatch import find_session_dispatch
 from orchestrator.errors import LiveKitError
@@ -30,7 +30,6 @@ async def reconcile_sessions(ctx: dict[str, Any]) -> dict[str, int]:
     c = of(ctx)
     counts = {"checked": 0, "lost": 0, "adopted": 0, "failed": 0, "claims_freed": 0}
     live = await c.store.live_sessions()
-    metrics.ACTIVE_SESSIONS.set(len(live))
     for session_id in live:
         counts["checked"] += 1
         try:
@@ -63,6 +62,16 @@ async def _reconcile_one(c: Context, session_id: str) -> str | None:
     if status == "dispatched":
         await _ensure_confirmation(c, session, now)
 
+    gone_since = int(session.get("gone_since") or 0)
+    if gone_since and now - gone_since > grace_ms:
+        return await _lost(
+            c,
+            session,
+            f"LiveKit saw the agent go (room closed, dispatch deleted or agent left) "
+            f"{round((now - gone_since) / 1000)} s ago and no report arrived within "
+            f"{c.settings.report_grace_s:g} s",
+        )
+
     last_beat = await heartbeat.last_beat_ms(c.redis, session_id)
     if last_beat is not None:
         if now - last_beat <= grace_ms:
@@ -75,24 +84,23 @@ async def _reconcile_one(c: Context, session_id: str) -> str | None:
             "its job process died without running its shutdown code (killed, out of memory?)",
         )
 
+    assigned_at = int(session.get("assigned_at") or 0)
+    if c.settings.agent_heartbeats and assigned_at and now - assigned_at > grace_ms:
+        return await _lost(
+            c,
+            session,
+            f"the agent took the job {round((now - assigned_at) / 1000)} s ago but "
+            "never signalled that its session started: its job process died at start-up",
+        )
+
+    # An agent that sends no heartbeats (not ours): its dispatch vanishing from LiveKit is
+    # the only sign it is gone.
     started = int(session.get("dispatched_at") or session.get("claimed_at") or now)
-    if now - started <= c.settings.assignment_check_delay_s * 1000 + grace_ms:
+    if gone_since or now - started <= c.settings.assignment_check_delay_s * 1000 + grace_ms:
         return None
-    if await find_session_dispatch(c, session["room"], session_id) is not None:
-        await c.store.transition(session_id, (status,), gone_since="")
-        return None
-    gone_since = int(session.get("gone_since") or 0)
-    if not gone_since:
+    if await find_session_dispatch(c, session["room"], session_id) is None:
         await c.store.transition(session_id, (status,), gone_since=now)
-        return None
-    if now - gone_since <= grace_ms:
-        return None
-    return await _lost(
-        c,
-        session,
-        f"the agent's dispatch is gone from LiveKit (room closed or dispatch deleted) "
-        f"and no report arrived within {c.settings.report_grace_s:g} s",
-    )
+    return None
 
 
 async def _ensure_confirmation(c: Context, session: dict[str, str], now: int) -> None:

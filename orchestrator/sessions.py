@@ -93,7 +93,7 @@ async def fail_session(
     await synthesize_report(
         c, session, status="failed", reason=reason, end_reason="dispatch_failed"
     )
-    await c.store.record_event(event_id, "failed")
+    await c.store.record_event(event_id, "failed", overwrite=True)
     entry = await dead_letters.add(
         c.redis,
         kind="failed_dispatch",

@@ -6,6 +6,8 @@ a safe default. Durations carry their unit in the name.
 
 from __future__ import annotations
 
+import os
+
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -49,6 +51,9 @@ class Settings(BaseSettings):
     """Dispatches tried for a session before it fails with 'no agent worker accepted'."""
     report_grace_s: float = 30.0
     """How long a session whose agent is gone may wait for its report before it is `lost`."""
+    agent_heartbeats: bool = True
+    """Agents send heartbeats (this project's agent does): a session whose agent took the job
+    but sent none within report_grace_s is `lost`. Turn off for agents that do not."""
     claim_stale_s: float = 60.0
     """A session still `claimed` this long after its claim (its dispatch job died) is re-checked."""
     reconcile_interval_s: int = 10
@@ -63,10 +68,14 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8089
     api_token: SecretStr | None = None
-    """Bearer token the HTTP API requires on every call but health and metrics; unset: the
-    API refuses writes (set it, or LKD_API_TOKEN=dev for a local demo)."""
+    """Bearer token the HTTP API requires on every call but health, metrics, the LiveKit
+    webhook (signed) and the dashboard page itself; unset: the API is read-only and refuses
+    writes (set it, or LKD_API_TOKEN=dev for a local demo)."""
     worker_heartbeat_max_age_s: float = 30.0
     """/healthz fails when no orchestrator worker has checked in for this long."""
+    metrics_flush_interval_s: float = 2.0
+    """How often each worker adds its metric counts to Redis, where the HTTP service's
+    /metrics reads the figures of all workers."""
 
     @field_validator("agent_name")
     @classmethod
@@ -82,6 +91,42 @@ class Settings(BaseSettings):
         return url
 
 
+class ClientSettings(BaseSettings):
+    """What the command line reads before it knows its command. Nothing here is required, so
+    commands that only touch Redis run without LiveKit credentials; `orchestrator demo` uses
+    the LiveKit server named here, when there is one, instead of starting the sim."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LKD_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    redis_url: str = Field(
+        "redis://localhost:6379/0", validation_alias=AliasChoices("REDIS_URL", "LKD_REDIS_URL")
+    )
+    livekit_url: str | None = Field(None, validation_alias=AliasChoices("LIVEKIT_URL"))
+    livekit_api_key: str | None = Field(None, validation_alias=AliasChoices("LIVEKIT_API_KEY"))
+    livekit_api_secret: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("LIVEKIT_API_SECRET")
+    )
+    no_color: str = Field("", validation_alias=AliasChoices("NO_COLOR"))
+    """Any non-empty value turns colours off in the command line's output (no-color.org)."""
+
+
+def load_client_settings() -> ClientSettings:
+    """The command line's settings; a ConfigError naming the variable that is wrong."""
+    try:
+        return ClientSettings()
+    except ValidationError as exc:
+        problems = [f"{e['loc'][0] if e['loc'] else ''}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from None
+
+
+def child_environment(overrides: dict[str, str]) -> dict[str, str]:
+    """The environment for a process the demo starts: this one's, with `overrides` on top
+    (the settings it must use), so PATH, HOME and the user's own LKD_/AGENT_ choices pass."""
+    return {**os.environ, **overrides}
+
+
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment (and overrides); a ConfigError naming what is missing."""
     try:
@@ -91,7 +136,7 @@ def load_settings(**overrides: object) -> Settings:
         for error in exc.errors():
             loc = str(error["loc"][0]) if error["loc"] else ""
             field = loc.lower()
-            if error["type"] in ("missing", "string_too_short") and field in _HINTS:
+            if error["type"] in ("missing", "string_too_short", "too_short") and field in _HINTS:
                 problems.append(_HINTS[field])
             else:
                 name = loc if loc.isupper() else f"LKD_{loc.upper()}"

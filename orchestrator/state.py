@@ -165,12 +165,16 @@ class SessionStore:
         )
         return Claim(_text(kind), _text(holder))  # type: ignore[arg-type]
 
-    async def record_event(self, event_id: str, outcome: str, **fields: str) -> None:
-        """Remember an event that claimed nothing (expired), so a replay is recognised."""
+    async def record_event(self, event_id: str, outcome: str, *, overwrite: bool) -> None:
+        """Set an event's outcome, so a replay of it is recognised; without `overwrite`, only
+        for an event not seen before."""
         key = keys.event_key(event_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(key, "outcome", outcome)
-            pipe.hset(key, mapping={"at": now_ms(), **fields})
+            if overwrite:
+                pipe.hset(key, "outcome", outcome)
+            else:
+                pipe.hsetnx(key, "outcome", outcome)
+            pipe.hset(key, "at", str(now_ms()))
             pipe.expire(key, self.event_retention_s)
             await pipe.execute()
 

@@ -9,7 +9,7 @@ from arq import cron
 from arq.connections import RedisSettings
 from arq.worker import func
 
-from orchestrator import logs
+from orchestrator import logs, metrics_store
 from orchestrator.assignment import confirm_assignment
 from orchestrator.context import CTX_KEY, Context
 from orchestrator.dispatch import dispatch_agent
@@ -24,6 +24,8 @@ from tasks import keys
 from tasks.serialization import deserialize, serialize
 
 log = structlog.get_logger("orchestrator.worker")
+
+FLUSHER_KEY = "lkd_metrics_flusher"
 
 
 def _startup(settings: Settings) -> Any:
@@ -42,6 +44,7 @@ def _startup(settings: Settings) -> Any:
             event_retention_s=settings.event_retention_s,
         )
         ctx[CTX_KEY] = Context(settings=settings, redis=redis, store=store, livekit=gateway)
+        ctx[FLUSHER_KEY] = metrics_store.Flusher(redis, settings.metrics_flush_interval_s).start()
         log.info(
             "orchestrator worker started",
             livekit_url=settings.livekit_url,
@@ -52,6 +55,9 @@ def _startup(settings: Settings) -> Any:
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:
+    flusher: metrics_store.Flusher | None = ctx.get(FLUSHER_KEY)
+    if flusher is not None:
+        await flusher.stop()
     context: Context | None = ctx.get(CTX_KEY)
     if context is not None:
         await context.livekit.aclose()

@@ -46,6 +46,9 @@ def make_settings(redis_server: LocalRedis, sim: LiveKitSim, **overrides: Any) -
         "claim_stale_s": 2.0,
         "reconcile_interval_s": 1,
         "job_timeout_s": 5.0,
+        # The protocol-level fake agent worker sends no heartbeats; tests that need the
+        # heartbeat rule turn it on.
+        "agent_heartbeats": False,
     }
     values.update(overrides)
     return load_settings(**values)

@@ -9,6 +9,7 @@ from arq import ArqRedis
 from arq.worker import Worker
 
 from livekit_sim import LiveKitSim
+from orchestrator.local_redis import LocalRedis
 from orchestrator.state import SessionStore
 from tasks import (
     DispatchRequest,
@@ -21,6 +22,7 @@ from tasks import (
 )
 from tasks.heartbeat import beat
 from tasks.keys import DUPLICATE_REPORTS_STREAM, RESULTS_STREAM
+from tests.orchestrator.conftest import RunWorker, make_settings
 from tests.orchestrator.test_dispatch import CREATE, job_result
 from tests.support.fake_worker import AcceptingWorker
 from tests.support.waiting import eventually
@@ -144,7 +146,7 @@ async def test_session_whose_room_vanished_is_reported_lost(
     await sim.close_room("r-gone")  # e.g. the room's timeout; the agent never reports
     await eventually(lambda: status_is(arq_redis, sid, "lost"), timeout_s=15, what="lost")
     [entry] = await recent_results(arq_redis)
-    assert "dispatch is gone from LiveKit" in (entry.report.error or "")
+    assert "LiveKit saw the agent go" in (entry.report.error or "")
 
 
 async def test_claim_left_by_a_terminal_session_is_freed(
@@ -176,3 +178,19 @@ async def test_lost_assignment_check_is_restored_by_reconciliation(
     )
     [entry] = await recent_results(arq_redis)
     assert "no agent worker accepted agent_name='support-agent'" in (entry.report.error or "")
+
+
+async def test_agent_that_never_starts_its_session_is_reported_lost(
+    sim: LiveKitSim,
+    arq_redis: ArqRedis,
+    redis_server: LocalRedis,
+    run_worker: RunWorker,
+    agent_worker: AcceptingWorker,
+) -> None:
+    # The protocol-level fake worker takes the job but, like a job process killed at start-up,
+    # never sends the heartbeat this project's agent sends first thing.
+    await run_worker(make_settings(redis_server, sim, agent_heartbeats=True))
+    sid = (await dispatched(arq_redis, "e-nostart", "r-nostart"))["session_id"]
+    await eventually(lambda: status_is(arq_redis, sid, "lost"), timeout_s=15, what="lost")
+    [entry] = await recent_results(arq_redis)
+    assert "never signalled that its session started" in (entry.report.error or "")
