@@ -1,9 +1,9 @@
 """The session report: built once from what the session recorded, enqueued once.
 
 `ReportWriter.write` promises at most one enqueued report per job, and tries until its time
-budget is spent: a Redis that is briefly unreachable costs retries, not the report. After an
-attempt whose outcome is unknown (the connection dropped mid-call, or the caller's timeout
-cut it short), the next attempt first looks for the report it may already have enqueued.
+budget is spent: a Redis that is briefly unreachable costs retries, not the report. Every
+attempt uses the same arq job id, so one whose outcome was unknown (the connection dropped
+mid-call) cannot make the report a second time.
 """
 
 from __future__ import annotations
@@ -11,17 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
-from arq import ArqRedis
-
 from agent.errors import ReportWriteError
 from agent.log import get_logger
 from agent.redis_link import REDIS_ERRORS, RedisLink
-from tasks.keys import ARQ_JOB_PREFIX, ARQ_RESULT_PREFIX, report_job_id
 from tasks.models import ParticipantRecord, SessionReport
 from tasks.producer import enqueue_session_report
 
@@ -91,7 +87,6 @@ class ReportWriter:
         self._job_id = job_id
         self._lock = asyncio.Lock()
         self._written = False
-        self._attempted = False
 
     @property
     def written(self) -> bool:
@@ -130,31 +125,7 @@ class ReportWriter:
                 delay_s = min(delay_s * 2, MAX_RETRY_DELAY_S)
 
     async def _attempt(self, report: SessionReport) -> None:
+        # The job id as nonce: every attempt targets one arq job id, so an attempt that did
+        # get through before its connection dropped makes the next one a no-op.
         redis = await self._link.get()
-        if self._attempted and await self._already_enqueued(redis):
-            get_logger().info("an earlier attempt had enqueued the session report")
-            return
-        self._attempted = True
-        await enqueue_session_report(redis, report)
-
-    async def _already_enqueued(self, redis: ArqRedis) -> bool:
-        """Whether a report of this job is queued, running or done (arq keeps the job's
-        arguments in its job and result keys)."""
-        pattern = report_job_id(_glob_escape(self._session_id), "*")
-        for prefix in (ARQ_JOB_PREFIX, ARQ_RESULT_PREFIX):
-            async for key in redis.scan_iter(match=prefix + pattern, count=100):
-                raw = await redis.get(key)
-                if raw is not None and self._is_ours(raw):
-                    return True
-        return False
-
-    def _is_ours(self, raw: bytes) -> bool:
-        try:
-            job = json.loads(raw)
-            return bool(job["a"][0]["job_id"] == self._job_id)
-        except (ValueError, LookupError, TypeError):
-            return False
-
-
-def _glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+        await enqueue_session_report(redis, report, nonce=self._job_id)

@@ -39,6 +39,8 @@ _HANDLER = "lkd.handler"
 Status = Literal["completed", "failed"]
 _SESSIONS: dict[str, Session] = {}
 """Live sessions of this process by job id, for `on_session_end`."""
+_PROBES: set[str] = set()
+"""Jobs of `orchestrator doctor` probes (JobMetadata.probe) taken by this process."""
 
 
 def setup_process(proc: JobProcess) -> None:
@@ -277,6 +279,12 @@ async def entrypoint(ctx: JobContext) -> None:
         metadata, problem = parse_job_metadata(ctx.job.metadata), None
     except InvalidMetadataError as exc:
         metadata, problem = None, str(exc)
+    if metadata is not None and metadata.probe:
+        # Proof for `orchestrator doctor` that a worker takes jobs; no session to report.
+        get_logger(job_id=ctx.job.id).info("doctor probe job taken; ending it unreported")
+        _PROBES.add(ctx.job.id)
+        ctx.shutdown("doctor probe")
+        return
     session = Session(ctx, settings, metadata)
     _SESSIONS[ctx.job.id] = session
     ctx.add_shutdown_callback(session.on_shutdown)
@@ -290,6 +298,9 @@ async def entrypoint(ctx: JobContext) -> None:
 
 async def on_session_end(ctx: JobContext) -> None:
     """livekit-agents' `on_session_end`: writes the session's report."""
+    if ctx.job.id in _PROBES:
+        _PROBES.discard(ctx.job.id)
+        return
     session = _SESSIONS.get(ctx.job.id)
     if session is None:
         get_logger(job_id=ctx.job.id).error("no session recorded for this job; no report")

@@ -257,7 +257,7 @@ async def livekit_checks(
             Check("livekit credentials", "ok", f"key {settings.livekit_api_key!r} accepted")
         )
         if probe:
-            checks.append(await agent_probe(gateway, settings, agent_timeout_s, redis))
+            checks.append(await agent_probe(gateway, settings, agent_timeout_s))
         else:
             checks.append(Check("agent worker", "skip", "--no-probe: no test dispatch made"))
     finally:
@@ -265,21 +265,13 @@ async def livekit_checks(
     return checks
 
 
-async def agent_probe(
-    gateway: LiveKitGateway, settings: Settings, timeout_s: float, redis: Redis | None
-) -> Check:
+async def agent_probe(gateway: LiveKitGateway, settings: Settings, timeout_s: float) -> Check:
     """A real dispatch for `agent_name` to a throw-away room; ok once a worker took the job."""
     name = settings.agent_name
     probe_id = PROBE_PREFIX + uuid.uuid4().hex[:12]
     room = probe_id
-    if redis is not None:
-        # The agent reports every job it ran, this one too: marking the probe's report as
-        # already filed keeps it off the results stream (it lands with the duplicates).
-        with contextlib.suppress(RedisError, OSError):
-            await redis.set(keys.report_filed_key(probe_id), "doctor-probe", ex=3600)
-    metadata = JobMetadata(
-        session_id=probe_id, event_id=probe_id, metadata={"doctor_probe": True}
-    ).to_json()
+    # Marked as a probe, the job is taken and ended by the agent without a session report.
+    metadata = JobMetadata(session_id=probe_id, event_id=probe_id, probe=True).to_json()
     started = time.monotonic()
     dispatch_id = ""
     try:

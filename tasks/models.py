@@ -131,6 +131,8 @@ class JobMetadata(_Model):
     session_id: str
     event_id: str
     metadata: dict[str, Any] = Field(default_factory=dict)
+    probe: bool = False
+    """`orchestrator doctor`'s test job: the agent takes it and ends it at once, unreported."""
 
     def to_json(self) -> str:
         return self.model_dump_json()

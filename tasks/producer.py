@@ -40,9 +40,15 @@ async def enqueue_end_session(redis: ArqRedis, request: EndSessionRequest) -> Jo
     return Job(job_id, redis, _queue_name=QUEUE_NAME, _deserializer=redis.job_deserializer)
 
 
-async def enqueue_session_report(redis: ArqRedis, report: SessionReport) -> Job:
-    """Hand a session's report to the orchestrator; the agent calls this once per session."""
-    job_id = report_job_id(report.session_id, uuid.uuid4().hex[:12])
+async def enqueue_session_report(
+    redis: ArqRedis, report: SessionReport, *, nonce: str | None = None
+) -> Job:
+    """Hand a session's report to the orchestrator; the agent calls this once per session.
+
+    Retries of one write pass the same `nonce`, so an attempt whose outcome was unknown cannot
+    enqueue the report twice; a different nonce is a different report (filed as a duplicate).
+    """
+    job_id = report_job_id(report.session_id, nonce or uuid.uuid4().hex[:12])
     await redis.enqueue_job(
         SESSION_REPORT, report.model_dump(mode="json"), _job_id=job_id, _queue_name=QUEUE_NAME
     )

@@ -238,10 +238,12 @@ async def test_report_is_enqueued_once_even_after_an_ambiguous_failure(
     real_enqueue = agent.report.enqueue_session_report
     calls = 0
 
-    async def enqueue_then_lose_the_connection(redis_: Any, report: SessionReport) -> Any:
+    async def enqueue_then_lose_the_connection(
+        redis_: Any, report: SessionReport, **kwargs: Any
+    ) -> Any:
         nonlocal calls
         calls += 1
-        job = await real_enqueue(redis_, report)
+        job = await real_enqueue(redis_, report, **kwargs)
         if calls == 1:
             raise RedisConnectionError("connection lost before the reply")
         return job
@@ -256,7 +258,7 @@ async def test_report_is_enqueued_once_even_after_an_ambiguous_failure(
     finally:
         await link.aclose()
     assert writer.written
-    assert calls == 1  # the retry found the first attempt's job instead of enqueuing again
+    assert calls == 2  # the retry reused the job id, so arq kept the first attempt's job
     assert await reports_for(redis, "S_1") == [report]
 
 

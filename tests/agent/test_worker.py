@@ -24,6 +24,7 @@ from livekit_sim.rtc import TextMessage
 from livekit_sim.workers import TARGET_LOAD
 from orchestrator.local_redis import LocalRedis
 from tasks.keys import agent_heartbeat_key
+from tasks.models import JobMetadata
 from tests.agent.conftest import MAX_SESSIONS, new_job, new_room
 from tests.agent.reports import reports_for, wait_for_report
 from tests.agent.worker_process import AgentWorker
@@ -150,6 +151,22 @@ async def test_invalid_metadata_fails_at_once_naming_the_problem(
             assert report.event_id == event_id
     await worker.wait_idle()
     assert PERSONAL_DATA not in worker.output
+
+
+async def test_doctor_probe_job_is_taken_and_ended_without_a_report(
+    worker: AgentWorker, lkapi: api.LiveKitAPI, agent_redis: Redis, sim: LiveKitSim,
+    agent_name: str,
+) -> None:  # fmt: skip
+    probe_id = f"lkd-doctor-{new_room()}"
+    metadata = JobMetadata(session_id=probe_id, event_id=probe_id, probe=True).to_json()
+    room = new_room()
+    created = await dispatch(lkapi, sim, agent_name, room, metadata)
+    job = await eventually(
+        lambda: assigned_job(sim, room, created.id), timeout_s=15, what="probe job assigned"
+    )
+    await worker.wait_log("doctor probe job taken; ending it unreported", job_id=job.id)
+    await worker.wait_idle()
+    assert await reports_for(agent_redis, probe_id) == []
 
 
 async def test_handler_that_raises_gives_a_failed_report_with_the_error(
