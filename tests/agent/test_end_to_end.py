@@ -22,10 +22,8 @@ from arq import ArqRedis
 from arq.worker import Worker
 
 from livekit_sim import LiveKitSim
-from orchestrator.context import CTX_KEY
 from orchestrator.local_redis import LocalRedis
 from orchestrator.settings import load_settings
-from orchestrator.worker import worker_settings
 from tasks import (
     DispatchRequest,
     EndSessionRequest,
@@ -39,6 +37,7 @@ from tasks import (
 from tasks.keys import DUPLICATE_REPORTS_STREAM, agent_heartbeat_key, session_key
 from tests.agent.conftest import API_KEY, API_SECRET, new_room
 from tests.agent.worker_process import AgentWorker
+from tests.support.orchestrator_worker import running_orchestrator
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -75,16 +74,8 @@ async def orchestrator(
         reconcile_interval_s=1,
         job_timeout_s=10.0,
     )
-    arq_worker = Worker(**{**worker_settings(settings), "handle_signals": False})
-    task = asyncio.create_task(arq_worker.async_run())
-    await eventually(lambda: CTX_KEY in arq_worker.ctx or task.done(), what="orchestrator start")
-    if task.done():
-        task.result()
-    yield arq_worker
-    arq_worker.allow_pick_jobs = False
-    await eventually(lambda: all(t.done() for t in arq_worker.tasks.values()), what="idle")
-    await arq_worker.close()
-    await asyncio.gather(task, return_exceptions=True)
+    async with running_orchestrator(settings) as arq_worker:
+        yield arq_worker
 
 
 async def send_event(queue: ArqRedis, room: str, payload: dict[str, object]) -> str:

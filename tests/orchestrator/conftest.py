@@ -3,7 +3,7 @@ orchestrator arq worker running in this process."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -12,13 +12,11 @@ from arq import ArqRedis
 from arq.worker import Worker
 
 from livekit_sim import LiveKitSim
-from orchestrator.context import CTX_KEY
 from orchestrator.local_redis import LocalRedis
 from orchestrator.settings import Settings, load_settings
-from orchestrator.worker import worker_settings
 from tasks import create_redis
 from tests.support.fake_worker import AcceptingWorker
-from tests.support.waiting import eventually
+from tests.support.orchestrator_worker import running_orchestrator
 
 API_KEY = "orchestrator-test-key"
 API_SECRET = "orchestrator-test-secret-with-32-bytes-or-more"
@@ -72,30 +70,13 @@ RunWorker = Callable[..., Any]
 
 @pytest.fixture
 async def run_worker(arq_redis: ArqRedis) -> AsyncIterator[RunWorker]:
-    """Start an in-process orchestrator worker: `await run_worker(settings)`."""
-    running: list[tuple[Worker, asyncio.Task[None]]] = []
+    """Start in-process orchestrator workers: `await run_worker(settings)`."""
+    async with contextlib.AsyncExitStack() as stack:
 
-    async def start(settings: Settings, **overrides: Any) -> Worker:
-        kwargs = {**worker_settings(settings), "handle_signals": False, **overrides}
-        worker = Worker(**kwargs)
-        task = asyncio.create_task(worker.async_run())
-        running.append((worker, task))
-        await eventually(
-            lambda: CTX_KEY in worker.ctx or task.done(), what="orchestrator worker start-up"
-        )
-        if task.done():
-            task.result()  # start-up failed: raise its error here
-        return worker
+        async def start(settings: Settings, **overrides: Any) -> Worker:
+            return await stack.enter_async_context(running_orchestrator(settings, **overrides))
 
-    yield start
-    for worker, task in running:
-        # Let running jobs finish: cancelling one inside a Redis pipeline leaks its connection.
-        worker.allow_pick_jobs = False
-        await eventually(
-            lambda w=worker: all(t.done() for t in w.tasks.values()), what="worker idle"
-        )
-        await worker.close()
-        await asyncio.gather(task, return_exceptions=True)
+        yield start
 
 
 @pytest.fixture

@@ -1,0 +1,35 @@
+"""An orchestrator arq worker running in the test's own event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from arq.worker import Worker
+
+from orchestrator.context import CTX_KEY
+from orchestrator.settings import Settings
+from orchestrator.worker import worker_settings
+from tests.support.waiting import eventually
+
+
+@contextlib.asynccontextmanager
+async def running_orchestrator(settings: Settings, **overrides: Any) -> AsyncIterator[Worker]:
+    """Start a worker, wait for its start-up (raising its error if it failed), and stop it
+    between two polls: cancelling it inside a Redis pipeline (a cron enqueue, a job pick-up)
+    would leak that pipeline's connection."""
+    worker = Worker(**{**worker_settings(settings), "handle_signals": False, **overrides})
+    task = asyncio.create_task(worker.async_run())
+    await eventually(lambda: CTX_KEY in worker.ctx or task.done(), what="orchestrator start-up")
+    if task.done():
+        task.result()
+    try:
+        yield worker
+    finally:
+        # Burst mode with a zero job budget makes the poll loop return at its next turn,
+        # after waiting for running jobs.
+        worker.burst, worker.max_burst_jobs = True, 0
+        await asyncio.wait_for(asyncio.shield(task), timeout=30)
+        await worker.close()
