@@ -8,6 +8,8 @@ import sys
 # Module names under bench/, run in this order.
 BENCHMARKS = [
     "bench.sim_rps",
+    "bench.dispatch_latency",
+    "bench.time_to_agent",
 ]
 
 

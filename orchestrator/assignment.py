@@ -99,16 +99,14 @@ async def _not_assigned(
         metadata=await _event_metadata(c, session),
     ).to_json()
     dispatch = await c.livekit.create_dispatch(agent_name, room, metadata)
-    await c.store.mark_dispatched(session_id, session["event_id"], dispatch.id, metadata)
     delay = c.settings.assignment_check_delay_s * 2**attempt
-    await c.redis.enqueue_job(
-        keys.CONFIRM_ASSIGNMENT,
+    await c.store.mark_dispatched(
         session_id,
+        session["event_id"],
         dispatch.id,
-        attempt + 1,
-        _job_id=f"confirm:{session_id}:{dispatch.id}",
-        _queue_name=keys.QUEUE_NAME,
-        _defer_by=delay,
+        metadata,
+        check_in_s=delay,
+        attempt=attempt + 1,
     )
     log.warning(
         "dispatch not assigned, dispatched again",

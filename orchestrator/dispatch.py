@@ -16,7 +16,6 @@ from orchestrator import dead_letters, metrics
 from orchestrator.context import Context, of
 from orchestrator.errors import LiveKitError
 from orchestrator.sessions import fail_session
-from tasks import keys
 from tasks.models import DispatchRequest, JobMetadata, session_id_for
 
 log = structlog.get_logger("orchestrator.dispatch")
@@ -111,20 +110,19 @@ async def _dispatch(
     except LiveKitError as exc:
         return await _on_livekit_error(ctx, c, request, session_id, agent_name, generation, exc)
 
-    if not await c.store.mark_dispatched(session_id, request.event_id, dispatch.id, metadata):
+    recorded = await c.store.mark_dispatched(
+        session_id,
+        request.event_id,
+        dispatch.id,
+        metadata,
+        check_in_s=c.settings.assignment_check_delay_s,
+        attempt=1,
+    )
+    if not recorded:
         # The session ended (end_session) while we dispatched: take the agent back out.
         await c.livekit.delete_dispatch(dispatch.id, request.room)
         log.info("session ended during dispatch; dispatch withdrawn", dispatch_id=dispatch.id)
         return {"outcome": "withdrawn", "session_id": session_id}
-    await c.redis.enqueue_job(
-        keys.CONFIRM_ASSIGNMENT,
-        session_id,
-        dispatch.id,
-        1,
-        _job_id=f"confirm:{session_id}:{dispatch.id}",
-        _queue_name=keys.QUEUE_NAME,
-        _defer_by=c.settings.assignment_check_delay_s,
-    )
     metrics.DISPATCH_OUTCOMES.labels("dispatched").inc()
     log.info("dispatched", dispatch_id=dispatch.id, agent_name=agent_name)
     return {"outcome": "dispatched", "session_id": session_id, "dispatch_id": dispatch.id}

@@ -1,20 +1,30 @@
 """The orchestrator's only door to LiveKit: the calls it makes, with errors classified and
-latency observed."""
+latency observed.
+
+Requests go through livekit-api's own Twirp client (same wire format, headers and errors as
+`LiveKitAPI`); only the per-call access token is signed here, with the claims `LiveKitAPI`
+puts in it, because building it through `AccessToken` cost a sixth of a dispatch's CPU.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
+import jwt
+from google.protobuf.message import Message
 from livekit import api
+from livekit.api.twirp_client import TwirpClient
 
 from orchestrator import metrics
 from orchestrator.errors import LiveKitError, classify
 from orchestrator.settings import Settings
 
-T = TypeVar("T")
+T = TypeVar("T", bound=Message)
+TOKEN_TTL_S = 600
+DISPATCH = "AgentDispatchService"
+ROOMS = "RoomService"
 
 
 class LiveKitGateway:
@@ -25,41 +35,52 @@ class LiveKitGateway:
             timeout=aiohttp.ClientTimeout(total=settings.livekit_timeout_s),
             connector=aiohttp.TCPConnector(limit=200),
         )
-        self._api = api.LiveKitAPI(
-            settings.http_livekit_url,
-            settings.livekit_api_key,
-            settings.livekit_api_secret.get_secret_value(),
-            session=self._session,
-        )
+        self._client = TwirpClient(self._session, settings.http_livekit_url, "livekit")
+        self._api_key = settings.livekit_api_key
+        self._api_secret = settings.livekit_api_secret.get_secret_value()
 
     async def aclose(self) -> None:
-        await self._api.aclose()
         await self._session.close()
 
-    async def _call(self, name: str, fn: Callable[[], Awaitable[T]]) -> T:
+    def _headers(self, **video: Any) -> dict[str, str]:
+        """A short-lived token with these video grants, as LiveKitAPI signs one per call."""
+        now = int(time.time())
+        claims = {
+            "video": {**video, "canPublish": True, "canSubscribe": True, "canPublishData": True},
+            "sub": "",
+            "iss": self._api_key,
+            "nbf": now,
+            "exp": now + TOKEN_TTL_S,
+        }
+        token = jwt.encode(claims, self._api_secret, algorithm="HS256")
+        return {"Authorization": f"Bearer {token}"}
+
+    async def _call(
+        self, service: str, method: str, request: Message, response: type[T], **video: Any
+    ) -> T:
         started = time.perf_counter()
         code = "ok"
         try:
-            return await fn()
+            return await self._client.request(
+                service, method, request, self._headers(**video), response
+            )
         except Exception as exc:
-            error = classify(exc, name)
+            error = classify(exc, method)
             code = error.code
             raise error from exc
         finally:
-            metrics.LIVEKIT_CALLS.labels(name, code).observe(time.perf_counter() - started)
+            metrics.LIVEKIT_CALLS.labels(method, code).observe(time.perf_counter() - started)
 
     async def check_credentials(self) -> None:
         """Raise LiveKitError unless the server answers and accepts our key (ListRooms)."""
-        await self._call(
-            "ListRooms", lambda: self._api.room.list_rooms(api.ListRoomsRequest(names=["-"]))
-        )
+        await self.list_rooms(["-"])
 
     async def create_dispatch(self, agent_name: str, room: str, metadata: str) -> api.AgentDispatch:
         request = api.CreateAgentDispatchRequest(
             agent_name=agent_name, room=room, metadata=metadata
         )
         return await self._call(
-            "CreateDispatch", lambda: self._api.agent_dispatch.create_dispatch(request)
+            DISPATCH, "CreateDispatch", request, api.AgentDispatch, roomAdmin=True, room=room
         )
 
     async def room_dispatches(self, room: str) -> list[api.AgentDispatch]:
@@ -71,9 +92,15 @@ class LiveKitGateway:
         """
         if not await self.list_rooms([room]):
             return []
-        return await self._call(
-            "ListDispatch", lambda: self._api.agent_dispatch.list_dispatch(room)
+        response = await self._call(
+            DISPATCH,
+            "ListDispatch",
+            api.ListAgentDispatchRequest(room=room),
+            api.ListAgentDispatchResponse,
+            roomAdmin=True,
+            room=room,
         )
+        return list(response.agent_dispatches)
 
     async def delete_dispatch(self, dispatch_id: str, room: str) -> bool:
         """Delete a dispatch (its agent leaves); False when it or its room is already gone.
@@ -82,10 +109,10 @@ class LiveKitGateway:
         would take LiveKit ~3 s to answer `unavailable`."""
         if not await self.list_rooms([room]):
             return False
+        request = api.DeleteAgentDispatchRequest(dispatch_id=dispatch_id, room=room)
         try:
             await self._call(
-                "DeleteDispatch",
-                lambda: self._api.agent_dispatch.delete_dispatch(dispatch_id, room),
+                DISPATCH, "DeleteDispatch", request, api.AgentDispatch, roomAdmin=True, room=room
             )
         except LiveKitError as exc:
             if exc.code in ("not_found", "unavailable"):
@@ -97,7 +124,11 @@ class LiveKitGateway:
         """Delete a room (everyone leaves); False when it does not exist."""
         try:
             await self._call(
-                "DeleteRoom", lambda: self._api.room.delete_room(api.DeleteRoomRequest(room=room))
+                ROOMS,
+                "DeleteRoom",
+                api.DeleteRoomRequest(room=room),
+                api.DeleteRoomResponse,
+                roomCreate=True,
             )
         except LiveKitError as exc:
             if exc.code == "not_found":
@@ -107,6 +138,10 @@ class LiveKitGateway:
 
     async def list_rooms(self, names: list[str] | None = None) -> list[api.Room]:
         response = await self._call(
-            "ListRooms", lambda: self._api.room.list_rooms(api.ListRoomsRequest(names=names or []))
+            ROOMS,
+            "ListRooms",
+            api.ListRoomsRequest(names=names or []),
+            api.ListRoomsResponse,
+            roomList=True,
         )
         return list(response.rooms)

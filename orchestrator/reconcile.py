@@ -118,7 +118,7 @@ async def _ensure_confirmation(c: Context, session: dict[str, str], now: int) ->
         session["session_id"],
         dispatch_id,
         attempts,
-        _job_id=f"confirm:{session['session_id']}:{dispatch_id}",
+        _job_id=keys.confirm_job_id(session["session_id"], dispatch_id),
         _queue_name=keys.QUEUE_NAME,
     )
 
@@ -150,7 +150,12 @@ async def _stale_claim(c: Context, session: dict[str, str], now: int) -> str | N
     if dispatch is not None:
         payload = await c.redis.get(keys.session_payload_key(session_id))
         await c.store.mark_dispatched(
-            session_id, event_id, dispatch.id, payload.decode() if payload else dispatch.metadata
+            session_id,
+            event_id,
+            dispatch.id,
+            payload.decode() if payload else dispatch.metadata,
+            check_in_s=c.settings.assignment_check_delay_s,
+            attempt=1,
         )
         return "adopted"
     await fail_session(

@@ -15,8 +15,10 @@ from redis.asyncio import Redis
 
 from tasks import keys
 from tasks.models import SessionReport
+from tasks.serialization import job_body
 
 TERMINAL = ("completed", "failed", "lost")
+CHECK_JOB_TTL_MS = 24 * 3600 * 1000  # arq's default: a job not run a day after it was due expires
 
 # KEYS: event, room claim, session, live set, recent set, room sessions
 # ARGV: session_id, generation, now_ms, event_ttl_s, retention_s, event_id, room, agent_name,
@@ -73,7 +75,10 @@ redis.call('DEL', KEYS[6])
 return 1
 """
 
-# KEYS: session, event, payload; ARGV: dispatch_id, now_ms, payload, retention_s
+# KEYS: session, event, payload, check's arq job key, its arq result key, arq queue
+# ARGV: dispatch_id, now_ms, payload, retention_s, check job id, check job body, check due ms,
+#       check job ttl ms. Records the dispatch and queues its assignment check in one step
+#       (as arq's enqueue_job would: not when the job or its result already exists).
 _MARK_DISPATCHED = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'claimed' and status ~= 'dispatched' then return 0 end
@@ -82,6 +87,10 @@ redis.call('HSET', KEYS[1], 'status', 'dispatched', 'dispatch_id', ARGV[1],
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[2], 'outcome', 'dispatched')
 redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
+if redis.call('EXISTS', KEYS[4], KEYS[5]) == 0 then
+  redis.call('SET', KEYS[4], ARGV[6], 'PX', ARGV[8])
+  redis.call('ZADD', KEYS[6], ARGV[7], ARGV[5])
+end
 return 1
 """
 
@@ -186,17 +195,41 @@ class SessionStore:
         return bool(await self._transition(keys=[keys.session_key(session_id)], args=args))
 
     async def mark_dispatched(
-        self, session_id: str, event_id: str, dispatch_id: str, payload: str
+        self,
+        session_id: str,
+        event_id: str,
+        dispatch_id: str,
+        payload: str,
+        *,
+        check_in_s: float,
+        attempt: int,
     ) -> bool:
-        """Record the session's (new) dispatch; False when it is no longer waiting for one."""
+        """Record the session's (new) dispatch and queue its `attempt`-th assignment check
+        `check_in_s` from now; False when the session no longer waits for a dispatch."""
+        now = now_ms()
+        job_id = keys.confirm_job_id(session_id, dispatch_id)
+        body = job_body(keys.CONFIRM_ASSIGNMENT, [session_id, dispatch_id, attempt], enqueue_ms=now)
+        due = now + int(check_in_s * 1000)
         return bool(
             await self._mark_dispatched(
                 keys=[
                     keys.session_key(session_id),
                     keys.event_key(event_id),
                     keys.session_payload_key(session_id),
+                    keys.ARQ_JOB_PREFIX + job_id,
+                    keys.ARQ_RESULT_PREFIX + job_id,
+                    keys.QUEUE_NAME,
                 ],
-                args=[dispatch_id, now_ms(), payload, self.retention_s],
+                args=[
+                    dispatch_id,
+                    now,
+                    payload,
+                    self.retention_s,
+                    job_id,
+                    body,
+                    due,
+                    due - now + CHECK_JOB_TTL_MS,
+                ],
             )
         )
 

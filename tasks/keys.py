@@ -47,6 +47,11 @@ def report_job_id(session_id: str, nonce: str) -> str:
     return f"session_report:{session_id}:{nonce}"
 
 
+def confirm_job_id(session_id: str, dispatch_id: str) -> str:
+    """The assignment check of one dispatch: one per dispatch."""
+    return f"confirm:{session_id}:{dispatch_id}"
+
+
 def event_key(event_id: str) -> str:
     """Event idempotency record; outlives arq's result so a late replay is still recognised."""
     return f"{PREFIX}event:{event_id}"

@@ -39,6 +39,11 @@ def serialize(data: dict[str, Any]) -> bytes:
     return json.dumps(data, default=_default, separators=(",", ":")).encode()
 
 
+def job_body(function: str, args: list[Any], *, enqueue_ms: int) -> bytes:
+    """A job as arq stores it under `arq:job:<id>` (the format other languages write too)."""
+    return serialize({"t": None, "f": function, "a": args, "k": {}, "et": enqueue_ms})
+
+
 def deserialize(raw: bytes) -> dict[str, Any]:
     """Parse a job or result; a malformed job becomes a `reject_malformed_job` call."""
     try:
