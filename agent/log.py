@@ -8,26 +8,13 @@ metadata, tokens and secrets out of every line.
 
 from __future__ import annotations
 
-import re
-from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 
+from tasks.redaction import redact
+
 LOGGER_NAME = "lkd.agent"
-REDACTED = "[redacted]"
-_SECRET_KEYS = re.compile(r"(metadata|payload|token|secret|password|authorization|api_key)", re.I)
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
-
-
-def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Drop values of keys that may carry personal data or credentials; mask stray JWTs."""
-    for key in list(event):
-        if key != "event" and _SECRET_KEYS.search(key):
-            event[key] = REDACTED
-        elif isinstance(event[key], str):
-            event[key] = _JWT.sub(REDACTED, event[key])
-    return event
 
 
 def configure() -> None:

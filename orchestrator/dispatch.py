@@ -14,20 +14,11 @@ from pydantic import ValidationError
 
 from orchestrator import dead_letters, metrics
 from orchestrator.context import Context, of
-from orchestrator.errors import LiveKitError
+from orchestrator.errors import LiveKitError, describe_validation
 from orchestrator.sessions import fail_session
 from tasks.models import DispatchRequest, JobMetadata, session_id_for
 
 log = structlog.get_logger("orchestrator.dispatch")
-
-
-def describe(exc: ValidationError) -> str:
-    """A validation error as one line a person can act on, naming every bad field."""
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "event"
-        parts.append(f"{where}: {error['msg']}")
-    return "invalid dispatch event: " + "; ".join(parts)
 
 
 async def reject_invalid(
@@ -56,7 +47,10 @@ async def dispatch_agent(ctx: dict[str, Any], event: Any, generation: int = 0) -
     except ValidationError as exc:
         event_id = event.get("event_id") if isinstance(event, dict) else None
         return await reject_invalid(
-            ctx, describe(exc), event, event_id if isinstance(event_id, str) else ""
+            ctx,
+            describe_validation(exc, "dispatch event"),
+            event,
+            event_id if isinstance(event_id, str) else "",
         )
 
     session_id = session_id_for(request.event_id, generation)

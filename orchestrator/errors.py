@@ -7,6 +7,7 @@ import asyncio
 
 import aiohttp
 from livekit.api import TwirpError
+from pydantic import ValidationError
 
 # Twirp codes that describe a passing condition on the server side.
 TRANSIENT_CODES = frozenset(
@@ -34,6 +35,15 @@ class LiveKitError(OrchestratorError):
 
 class DispatchFailed(OrchestratorError):
     """A dispatch that will not succeed: the reason is what a person reads."""
+
+
+def describe_validation(exc: ValidationError, what: str) -> str:
+    """A validation error as one line a person can act on, naming every bad field."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or what
+        parts.append(f"{where}: {error['msg']}")
+    return f"invalid {what}: " + "; ".join(parts)
 
 
 def classify(exc: BaseException, call: str) -> LiveKitError:

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from orchestrator import dead_letters, metrics
 from orchestrator.context import Context, of
+from orchestrator.errors import describe_validation
 from tasks import keys
 from tasks.models import EndSessionRequest, SessionReport, SessionStatus
 
@@ -114,9 +115,7 @@ async def session_report(ctx: dict[str, Any], report: Any) -> dict[str, Any]:
     try:
         parsed = SessionReport.model_validate(report)
     except ValidationError as exc:
-        reason = "invalid session report: " + "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
-        )
+        reason = describe_validation(exc, "session report")
         metrics.REJECTED_JOBS.inc()
         await dead_letters.add(
             c.redis, kind="invalid_report", reason=reason, job_id=ctx["job_id"], payload=report
@@ -133,9 +132,7 @@ async def end_session(ctx: dict[str, Any], request: Any) -> dict[str, Any]:
     try:
         parsed = EndSessionRequest.model_validate(request)
     except ValidationError as exc:
-        reason = "invalid end-session request: " + "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in exc.errors()
-        )
+        reason = describe_validation(exc, "end-session request")
         metrics.REJECTED_JOBS.inc()
         await dead_letters.add(
             c.redis, kind="invalid_event", reason=reason, job_id=ctx["job_id"], payload=request
