@@ -83,8 +83,10 @@ def load_handler(path: str) -> SessionHandler:
 
 async def greeter(session: SessionContext) -> str:
     """The default handler, a programmatic participant: joins the room, greets the first
-    person on the greeting topic, and ends the session once every person has left."""
+    person on the greeting topic, and ends the session once every person has left. The
+    report gives each participant's speaking time, measured from the audio it published."""
     settings = session.settings
+    session.participants.measure_speaking(session.job.room)
     await session.job.connect()
     session.log.info("joined the room")
     if not await session.participants.wait_for_human(settings.first_participant_timeout_s):

@@ -1,4 +1,5 @@
-"""Who was in the room during a session: identities, kinds, join and leave times.
+"""Who was in the room during a session: identities, kinds, join and leave times, and (once
+a handler asks for it with `measure_speaking`) how long each spoke.
 
 `ParticipantTracker.attach(ctx)` registers a participant entrypoint (run by livekit-agents for
 every participant present at connect time or joining later) and a leave listener. Handlers
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 from livekit import rtc
 from livekit.agents import JobContext
 
+from agent.speaking import SpeakingMeter
 from tasks.models import ParticipantRecord
 
 ALL_KINDS: list[rtc.ParticipantKind.ValueType] = [
@@ -40,6 +42,7 @@ def kind_name(kind: rtc.ParticipantKind.ValueType) -> str:
 @dataclass
 class _Stay:
     identity: str
+    sid: str
     kind: str
     joined_at: datetime
     left_at: datetime | None = None
@@ -52,16 +55,26 @@ class ParticipantTracker:
         self._stays: list[_Stay] = []
         self._present: dict[str, _Stay] = {}
         self._changed = asyncio.Event()
+        self._speaking: SpeakingMeter | None = None
 
     def attach(self, ctx: JobContext) -> None:
         ctx.add_participant_entrypoint(self._on_participant, kind=ALL_KINDS)
         ctx.room.on("participant_disconnected", self._on_left)
 
+    def measure_speaking(self, room: rtc.Room, meter: SpeakingMeter | None = None) -> None:
+        """Measure how long each participant speaks in the audio `room` receives (call it
+        before connecting); `records()` then carry `speaking_time_s`."""
+        if self._speaking is None:
+            self._speaking = meter or SpeakingMeter()
+            self._speaking.attach(room)
+
     async def _on_participant(self, ctx: JobContext, participant: rtc.RemoteParticipant) -> None:
         now = datetime.now(UTC)
         if participant.identity in self._present:
             return
-        stay = _Stay(participant.identity, kind_name(participant.kind), joined_at=now)
+        stay = _Stay(
+            participant.identity, participant.sid, kind_name(participant.kind), joined_at=now
+        )
         self._stays.append(stay)
         if participant.identity in ctx.room.remote_participants:
             self._present[participant.identity] = stay
@@ -103,10 +116,16 @@ class ParticipantTracker:
             await self._changed.wait()
 
     def records(self) -> list[ParticipantRecord]:
-        """Stays in join order; `left_at` is empty for those still in the room."""
+        """Stays in join order; `left_at` is empty for those still in the room;
+        `speaking_time_s` is empty unless speaking is measured and the stay had audio."""
+        speaking = self._speaking
         return [
             ParticipantRecord(
-                identity=s.identity, kind=s.kind, joined_at=s.joined_at, left_at=s.left_at
+                identity=s.identity,
+                kind=s.kind,
+                joined_at=s.joined_at,
+                left_at=s.left_at,
+                speaking_time_s=speaking.speaking_time_s(s.sid) if speaking else None,
             )
             for s in self._stays
         ]

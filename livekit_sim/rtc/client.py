@@ -92,16 +92,20 @@ class SdkParticipant:
                 )
                 channel.on("open", lambda label=label: self._flush_channel(label))
             self._spawn(self._negotiate())
+        why = "the signalling connection closed"
         try:
             async for msg in self.ws:
                 if msg.type != WSMsgType.BINARY:
                     continue
                 await self._handle(rtc.SignalRequest.FromString(msg.data))
                 if self._closing:
+                    why = "it left" if self._closer is None else "the server disconnected it"
                     break
         except Exception:
+            why = "its signalling failed"
             log.exception("signal session of %s failed", self.identity)
         finally:
+            log.info("participant %s leaves room %s: %s", self.identity, self.room_name, why)
             self._closing = True
             self._outbox.put_nowait(None)
             with contextlib.suppress(Exception):
