@@ -12,30 +12,14 @@ from arq import Retry
 from livekit import api
 from pydantic import ValidationError
 
-from orchestrator import dead_letters, metrics
+from orchestrator import metrics
 from orchestrator.context import Context, of
 from orchestrator.errors import LiveKitError, describe_validation
+from orchestrator.rejections import reject
 from orchestrator.sessions import fail_session
 from tasks.models import DispatchRequest, JobMetadata, session_id_for
 
 log = structlog.get_logger("orchestrator.dispatch")
-
-
-async def reject_invalid(
-    ctx: dict[str, Any], reason: str, payload: Any, event_id: str = ""
-) -> dict[str, Any]:
-    c = of(ctx)
-    metrics.REJECTED_JOBS.inc()
-    entry = await dead_letters.add(
-        c.redis,
-        kind="invalid_event",
-        reason=reason,
-        job_id=ctx["job_id"],
-        payload=payload,
-        event_id=event_id,
-    )
-    log.warning("event rejected", reason=reason, job_id=ctx["job_id"], dead_letter=entry)
-    return {"outcome": "rejected", "reason": reason, "dead_letter": entry}
 
 
 async def dispatch_agent(ctx: dict[str, Any], event: Any, generation: int = 0) -> dict[str, Any]:
@@ -46,11 +30,12 @@ async def dispatch_agent(ctx: dict[str, Any], event: Any, generation: int = 0) -
         request = DispatchRequest.model_validate(event)
     except ValidationError as exc:
         event_id = event.get("event_id") if isinstance(event, dict) else None
-        return await reject_invalid(
+        return await reject(
             ctx,
-            describe_validation(exc, "dispatch event"),
-            event,
-            event_id if isinstance(event_id, str) else "",
+            kind="invalid_event",
+            reason=describe_validation(exc, "dispatch event"),
+            payload=event,
+            event_id=event_id if isinstance(event_id, str) else "",
         )
 
     session_id = session_id_for(request.event_id, generation)

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from orchestrator import dead_letters, metrics
 from orchestrator.context import Context, of
 from orchestrator.errors import describe_validation
+from orchestrator.rejections import reject
 from tasks import keys
 from tasks.models import EndSessionRequest, SessionReport, SessionStatus
 
@@ -116,12 +117,7 @@ async def session_report(ctx: dict[str, Any], report: Any) -> dict[str, Any]:
         parsed = SessionReport.model_validate(report)
     except ValidationError as exc:
         reason = describe_validation(exc, "session report")
-        metrics.REJECTED_JOBS.inc()
-        await dead_letters.add(
-            c.redis, kind="invalid_report", reason=reason, job_id=ctx["job_id"], payload=report
-        )
-        log.warning("report rejected", reason=reason)
-        return {"outcome": "rejected", "reason": reason}
+        return await reject(ctx, kind="invalid_report", reason=reason, payload=report)
     filed = await file_report(c, parsed)
     return {"outcome": "filed" if filed else "duplicate", "session_id": parsed.session_id}
 
@@ -133,11 +129,7 @@ async def end_session(ctx: dict[str, Any], request: Any) -> dict[str, Any]:
         parsed = EndSessionRequest.model_validate(request)
     except ValidationError as exc:
         reason = describe_validation(exc, "end-session request")
-        metrics.REJECTED_JOBS.inc()
-        await dead_letters.add(
-            c.redis, kind="invalid_event", reason=reason, job_id=ctx["job_id"], payload=request
-        )
-        return {"outcome": "rejected", "reason": reason}
+        return await reject(ctx, kind="invalid_event", reason=reason, payload=request)
 
     if parsed.session_id is not None:
         session = await c.store.get(parsed.session_id)

@@ -184,7 +184,7 @@ async def test_no_metadata_secret_or_token_in_any_log_line(flow: Flow) -> None:
 
     # The paths that hold the phone number in their input did run.
     assert '"event": "malformed job rejected"' in logs["worker.log"]
-    assert '"event": "event rejected"' in logs["worker.log"]
+    assert '"event": "input rejected"' in logs["worker.log"]
     assert '"status": 422' in logs["http.log"]
 
     # Every step of a session is in the logs under its session_id.

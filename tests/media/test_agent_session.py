@@ -8,7 +8,6 @@ sim and Redis are this test's own. Everything runs inside the private network na
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -22,10 +21,8 @@ from livekit import api
 from livekit.protocol import models
 
 from livekit_sim import LiveKitSim
-from orchestrator.context import CTX_KEY
 from orchestrator.local_redis import LocalRedis
 from orchestrator.settings import load_settings
-from orchestrator.worker import worker_settings
 from tasks import (
     DispatchRequest,
     SessionReport,
@@ -36,6 +33,7 @@ from tasks import (
 )
 from tests.agent.worker_process import AgentWorker
 from tests.media.conftest import API_KEY, API_SECRET, CALLER_WAV
+from tests.support.orchestrator_worker import running_orchestrator
 from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
@@ -124,15 +122,8 @@ async def orchestrator(
         reconcile_interval_s=1,
         job_timeout_s=10.0,
     )
-    arq_worker = Worker(**{**worker_settings(settings), "handle_signals": False})
-    task = asyncio.create_task(arq_worker.async_run())
-    await eventually(lambda: CTX_KEY in arq_worker.ctx or task.done(), what="orchestrator start")
-    if task.done():
-        task.result()
-    yield arq_worker
-    arq_worker.allow_pick_jobs = False
-    await arq_worker.close()
-    await asyncio.gather(task, return_exceptions=True)
+    async with running_orchestrator(settings) as arq_worker:
+        yield arq_worker
 
 
 async def send_event(queue: ArqRedis, room: str) -> str:
