@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from livekit import api
@@ -14,17 +12,6 @@ from livekit_sim import LiveKitSim
 API_KEY = "test-key"
 # PyJWT warns (an error under pytest) on HMAC secrets under 32 bytes.
 API_SECRET = "test-secret-0123456789-abcdefghijklmnop"
-
-
-async def wait_for(
-    condition: Callable[[], object], *, timeout_s: float = 5.0, what: str = "condition"
-) -> None:
-    """Poll `condition` until it is truthy; fail the test after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

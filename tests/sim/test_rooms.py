@@ -13,7 +13,8 @@ from livekit.protocol import agent
 
 from livekit_sim import LiveKitSim
 from livekit_sim.workers import TerminationReason
-from tests.sim.conftest import API_KEY, API_SECRET, wait_for
+from tests.sim.conftest import API_KEY, API_SECRET
+from tests.support.waiting import eventually as wait_for
 
 PARTICIPANT_ID = re.compile(r"^PA_[23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz]{12}$")
 

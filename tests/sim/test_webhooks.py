@@ -12,7 +12,8 @@ from aiohttp import web
 from livekit import api
 
 from livekit_sim import LiveKitSim
-from tests.sim.conftest import API_KEY, API_SECRET, wait_for
+from tests.sim.conftest import API_KEY, API_SECRET
+from tests.support.waiting import eventually as wait_for
 
 
 @dataclass

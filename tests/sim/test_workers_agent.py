@@ -17,7 +17,8 @@ from livekit.protocol import agent, models
 from livekit_sim import ids
 from livekit_sim.server import LiveKitSim
 from livekit_sim.workers import TerminationReason
-from tests.sim.agent_apps.harness import WorkerProcess, read_json, wait_for
+from tests.sim.agent_apps.harness import WorkerProcess, read_json
+from tests.support.waiting import eventually as wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -16,7 +16,7 @@ from livekit.protocol import agent, models
 from livekit_sim import ids
 from livekit_sim.server import LiveKitSim
 from livekit_sim.workers import TerminationReason
-from tests.sim.agent_apps.harness import wait_for
+from tests.support.waiting import eventually as wait_for
 
 API_KEY = "protocol-test-key"
 API_SECRET = "protocol-test-secret-of-at-least-32-bytes"

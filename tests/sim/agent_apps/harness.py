@@ -2,34 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
+from tests.support.waiting import eventually as wait_for
+
 APPS_DIR = Path(__file__).parent
 T = TypeVar("T")
-
-
-async def wait_for(
-    probe: Callable[[], T | None], *, timeout_s: float = 15.0, what: str = "condition"
-) -> T:
-    """Poll `probe` until it returns something other than None or False; fail after the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -73,7 +60,7 @@ class WorkerProcess:
         """SIGTERM the process group, SIGKILL it if it has not exited within 10 s."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
-            with contextlib.suppress(AssertionError):
+            with contextlib.suppress(pytest.fail.Exception):
                 await wait_for(lambda: self.proc.poll() is not None, timeout_s=10, what="exit")
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
