@@ -131,3 +131,22 @@ async def sim(hooks: Hooks) -> AsyncIterator[LiveKitSim]:
         missing_room_delay_s=0.05,
     ) as server:
         yield server
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say how many WebRTC media tests ran, and where: CI must show they were not skipped."""
+    outcomes: dict[str, int] = {}
+    for key in ("passed", "failed", "skipped", "error"):
+        for report in terminalreporter.stats.get(key, []):
+            nodeid = getattr(report, "nodeid", "")
+            if nodeid.startswith("tests/media/") and (report.when == "call" or key != "passed"):
+                outcomes[key] = outcomes.get(key, 0) + 1
+    if not outcomes:
+        return
+    where = (
+        f"inside a private network namespace ({os.environ[ADDR_ENV]})"
+        if os.environ.get(ADDR_ENV)
+        else "outside a network namespace"
+    )
+    counts = ", ".join(f"{n} {key}" for key, n in sorted(outcomes.items()))
+    terminalreporter.write_line(f"WebRTC media tests {where}: {counts}")
