@@ -23,7 +23,6 @@ from arq.worker import Worker
 
 from livekit_sim import LiveKitSim
 from orchestrator.local_redis import LocalRedis
-from orchestrator.settings import load_settings
 from tasks import (
     DispatchRequest,
     EndSessionRequest,
@@ -35,9 +34,9 @@ from tasks import (
     session_id_for,
 )
 from tasks.keys import DUPLICATE_REPORTS_STREAM, agent_heartbeat_key, session_key
-from tests.agent.conftest import API_KEY, API_SECRET, new_room
+from tests.agent.conftest import new_room
 from tests.agent.worker_process import AgentWorker
-from tests.support.orchestrator_worker import running_orchestrator
+from tests.support.orchestrator_worker import running_orchestrator, settings_for
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -63,16 +62,12 @@ async def queue(agent_redis_server: LocalRedis) -> AsyncIterator[ArqRedis]:
 async def orchestrator(
     agent_redis_server: LocalRedis, sim: LiveKitSim, agent_name: str, worker: AgentWorker
 ) -> AsyncIterator[Worker]:
-    settings = load_settings(
-        REDIS_URL=agent_redis_server.url,
-        LIVEKIT_URL=sim.url,
-        LIVEKIT_API_KEY=API_KEY,
-        LIVEKIT_API_SECRET=API_SECRET,
-        AGENT_NAME=agent_name,
+    settings = settings_for(
+        agent_redis_server.url,
+        sim,
+        agent_name,
         assignment_check_delay_s=1.0,
         report_grace_s=REPORT_GRACE_S,  # the agent test worker beats every 0.5 s
-        reconcile_interval_s=1,
-        job_timeout_s=10.0,
     )
     async with running_orchestrator(settings) as arq_worker:
         yield arq_worker

@@ -22,7 +22,6 @@ from livekit.protocol import models
 
 from livekit_sim import LiveKitSim
 from orchestrator.local_redis import LocalRedis
-from orchestrator.settings import load_settings
 from tasks import (
     DispatchRequest,
     SessionReport,
@@ -33,7 +32,7 @@ from tasks import (
 )
 from tests.agent.worker_process import AgentWorker
 from tests.media.conftest import API_KEY, API_SECRET, CALLER_WAV
-from tests.support.orchestrator_worker import running_orchestrator
+from tests.support.orchestrator_worker import running_orchestrator, settings_for
 from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
@@ -111,16 +110,12 @@ async def queue(redis_server: LocalRedis) -> AsyncIterator[ArqRedis]:
 async def orchestrator(
     redis_server: LocalRedis, sim: LiveKitSim, agent_name: str, agent: AgentWorker
 ) -> AsyncIterator[Worker]:
-    settings = load_settings(
-        REDIS_URL=redis_server.url,
-        LIVEKIT_URL=sim.url,
-        LIVEKIT_API_KEY=API_KEY,
-        LIVEKIT_API_SECRET=API_SECRET,
-        AGENT_NAME=agent_name,
+    settings = settings_for(
+        redis_server.url,
+        sim,
+        agent_name,
         assignment_check_delay_s=2.0,
         report_grace_s=3.0,
-        reconcile_interval_s=1,
-        job_timeout_s=10.0,
     )
     async with running_orchestrator(settings) as arq_worker:
         yield arq_worker

@@ -13,10 +13,10 @@ from arq.worker import Worker
 
 from livekit_sim import LiveKitSim
 from orchestrator.local_redis import LocalRedis
-from orchestrator.settings import Settings, load_settings
+from orchestrator.settings import Settings
 from tasks import create_redis
 from tests.support.fake_worker import AcceptingWorker
-from tests.support.orchestrator_worker import running_orchestrator
+from tests.support.orchestrator_worker import running_orchestrator, settings_for
 
 API_KEY = "orchestrator-test-key"
 API_SECRET = "orchestrator-test-secret-with-32-bytes-or-more"
@@ -31,25 +31,18 @@ async def sim() -> AsyncIterator[LiveKitSim]:
 
 def make_settings(redis_server: LocalRedis, sim: LiveKitSim, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
-        "REDIS_URL": redis_server.url,
-        "LIVEKIT_URL": sim.url,
-        "LIVEKIT_API_KEY": API_KEY,
-        "LIVEKIT_API_SECRET": API_SECRET,
-        "AGENT_NAME": AGENT,
         "assignment_check_delay_s": 0.3,
         "assignment_attempts": 2,
         "retry_base_delay_s": 0.05,
         "retry_max_delay_s": 0.2,
         "report_grace_s": 0.5,
         "claim_stale_s": 2.0,
-        "reconcile_interval_s": 1,
         "job_timeout_s": 5.0,
         # The protocol-level fake agent worker sends no heartbeats; tests that need the
         # heartbeat rule turn it on.
         "agent_heartbeats": False,
     }
-    values.update(overrides)
-    return load_settings(**values)
+    return settings_for(redis_server.url, sim, AGENT, **{**values, **overrides})
 
 
 @pytest.fixture

@@ -9,10 +9,27 @@ from typing import Any
 
 from arq.worker import Worker
 
+from livekit_sim import LiveKitSim
 from orchestrator.context import CTX_KEY
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, load_settings
 from orchestrator.worker import worker_settings
 from tests.support.waiting import eventually
+
+
+def settings_for(redis_url: str, sim: LiveKitSim, agent_name: str, **overrides: Any) -> Settings:
+    """Orchestrator settings pointing at `redis_url` and `sim` (with the sim's own key), with
+    the short timings tests want; `overrides` by field name."""
+    values: dict[str, Any] = {
+        "REDIS_URL": redis_url,
+        "LIVEKIT_URL": sim.url,
+        "LIVEKIT_API_KEY": sim.api_key,
+        "LIVEKIT_API_SECRET": sim.api_secret,
+        "AGENT_NAME": agent_name,
+        "reconcile_interval_s": 1,
+        "job_timeout_s": 10.0,
+        **overrides,
+    }
+    return load_settings(**values)
 
 
 @contextlib.asynccontextmanager
