@@ -1,9 +1,8 @@
 """The orchestrator's only door to LiveKit: the calls it makes, with errors classified and
 latency observed.
 
-Requests go through livekit-api's own Twirp client (same wire format, headers and errors as
-`LiveKitAPI`); only the per-call access token is signed here, with the claims `LiveKitAPI`
-puts in it, because building it through `AccessToken` cost a sixth of a dispatch's CPU.
+Requests go through `orchestrator.twirp` (livekit-api's wire format, headers and errors, on
+lighter HTTP machinery), each with a fresh access token (`orchestrator.api_tokens`).
 """
 
 from __future__ import annotations
@@ -11,49 +10,31 @@ from __future__ import annotations
 import time
 from typing import Any, TypeVar
 
-import aiohttp
-import jwt
 from google.protobuf.message import Message
 from livekit import api
-from livekit.api.twirp_client import TwirpClient
 
 from orchestrator import metrics
+from orchestrator.api_tokens import ApiTokenSigner
 from orchestrator.errors import LiveKitError, classify
 from orchestrator.settings import Settings
+from orchestrator.twirp import TwirpClient
 
 T = TypeVar("T", bound=Message)
-TOKEN_TTL_S = 600
 DISPATCH = "AgentDispatchService"
 ROOMS = "RoomService"
 
 
 class LiveKitGateway:
-    """One HTTP session for the worker's lifetime; every call raises only LiveKitError."""
+    """Kept-alive connections for the worker's lifetime; every call raises only LiveKitError."""
 
     def __init__(self, settings: Settings) -> None:
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=settings.livekit_timeout_s),
-            connector=aiohttp.TCPConnector(limit=200),
+        self._client = TwirpClient(settings.http_livekit_url, timeout_s=settings.livekit_timeout_s)
+        self._tokens = ApiTokenSigner(
+            settings.livekit_api_key, settings.livekit_api_secret.get_secret_value()
         )
-        self._client = TwirpClient(self._session, settings.http_livekit_url, "livekit")
-        self._api_key = settings.livekit_api_key
-        self._api_secret = settings.livekit_api_secret.get_secret_value()
 
     async def aclose(self) -> None:
-        await self._session.close()
-
-    def _headers(self, **video: Any) -> dict[str, str]:
-        """A short-lived token with these video grants, as LiveKitAPI signs one per call."""
-        now = int(time.time())
-        claims = {
-            "video": {**video, "canPublish": True, "canSubscribe": True, "canPublishData": True},
-            "sub": "",
-            "iss": self._api_key,
-            "nbf": now,
-            "exp": now + TOKEN_TTL_S,
-        }
-        token = jwt.encode(claims, self._api_secret, algorithm="HS256")
-        return {"Authorization": f"Bearer {token}"}
+        await self._client.aclose()
 
     async def _call(
         self, service: str, method: str, request: Message, response: type[T], **video: Any
@@ -61,8 +42,8 @@ class LiveKitGateway:
         started = time.perf_counter()
         code = "ok"
         try:
-            return await self._client.request(
-                service, method, request, self._headers(**video), response
+            return await self._client.call(
+                service, method, request, response, self._tokens.authorization(**video)
             )
         except Exception as exc:
             error = classify(exc, method)

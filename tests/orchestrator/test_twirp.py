@@ -1,0 +1,253 @@
+"""The orchestrator's Twirp client and call tokens: what livekit-api's client would send and
+read, against livekit_sim, and the HTTP situations a long-lived worker meets (answers in
+chunks, idle connections the server closed, a server that never answers, none at all)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import jwt
+import pytest
+from aiohttp import web
+from livekit import api
+
+from livekit_sim import LiveKitSim
+from orchestrator.api_tokens import ApiTokenSigner
+from orchestrator.errors import classify
+from orchestrator.local_redis import free_port
+from orchestrator.twirp import USER_AGENT, TwirpClient
+from tests.orchestrator.conftest import API_KEY, API_SECRET
+
+CREATE = "AgentDispatchService/CreateDispatch"
+
+
+def client_for(url: str, timeout_s: float = 5.0) -> TwirpClient:
+    return TwirpClient(url, timeout_s=timeout_s)
+
+
+async def create(client: TwirpClient, room: str, secret: str = API_SECRET) -> api.AgentDispatch:
+    signer = ApiTokenSigner(API_KEY, secret)
+    return await client.call(
+        "AgentDispatchService",
+        "CreateDispatch",
+        api.CreateAgentDispatchRequest(agent_name="support-agent", room=room, metadata="{}"),
+        api.AgentDispatch,
+        signer.authorization(roomAdmin=True, room=room),
+    )
+
+
+def test_call_token_is_the_jwt_livekit_api_signs() -> None:
+    header = ApiTokenSigner(API_KEY, API_SECRET).authorization(roomAdmin=True, room="r1")
+    scheme, token = header.split(" ")
+    claims = jwt.decode(token, API_SECRET, algorithms=["HS256"], issuer=API_KEY)
+    assert scheme == "Bearer"
+    assert jwt.get_unverified_header(token) == {"alg": "HS256", "typ": "JWT"}
+    assert claims["video"] == {
+        "roomAdmin": True, "room": "r1", "canPublish": True, "canSubscribe": True,
+        "canPublishData": True,
+    }  # fmt: skip
+    assert claims["sub"] == ""
+    assert 0 < claims["exp"] - claims["nbf"] <= 3600
+    # livekit-api's own verifier reads it as the same grants.
+    verified = api.TokenVerifier(API_KEY, API_SECRET).verify(token)
+    assert verified.video is not None
+    assert verified.video.room_admin
+    assert verified.video.room == "r1"
+
+
+async def test_sequential_and_concurrent_calls_each_get_their_answer(sim: LiveKitSim) -> None:
+    client = client_for(sim.url)
+    try:
+        dispatches = [await create(client, f"room-{i}") for i in range(5)]
+        dispatches += await asyncio.gather(*(create(client, f"room-c{i}") for i in range(5)))
+    finally:
+        await client.aclose()
+    assert all(d.id.startswith("AD_") for d in dispatches)
+    assert [d.room for d in dispatches[:5]] == [f"room-{i}" for i in range(5)]
+    calls = [c for c in sim.calls if c.method == CREATE]
+    assert len(calls) == 10
+    assert {c.code for c in calls} == {"ok"}
+
+
+async def test_wrong_secret_is_a_401_that_names_the_credentials(sim: LiveKitSim) -> None:
+    client = client_for(sim.url)
+    try:
+        with pytest.raises(api.TwirpError) as raised:
+            await create(client, "room-1", secret="not-the-secret-at-all-but-long-enough")
+        error = classify(raised.value, "CreateDispatch")
+    finally:
+        await client.aclose()
+    assert raised.value.status == 401
+    assert error.code == "unauthenticated"
+    assert not error.retryable
+    assert "LIVEKIT_API_KEY and LIVEKIT_API_SECRET" in str(error)
+
+
+async def test_twirp_error_answer_keeps_its_code_and_message(sim: LiveKitSim) -> None:
+    client = client_for(sim.url)
+    signer = ApiTokenSigner(API_KEY, API_SECRET)
+    try:
+        await create(client, "room-1")
+        with pytest.raises(api.TwirpError) as raised:
+            await client.call(
+                "AgentDispatchService",
+                "DeleteDispatch",
+                api.DeleteAgentDispatchRequest(dispatch_id="AD_unknown", room="room-1"),
+                api.AgentDispatch,
+                signer.authorization(roomAdmin=True, room="room-1"),
+            )
+    finally:
+        await client.aclose()
+    assert (raised.value.code, raised.value.status) == ("not_found", 404)
+    assert raised.value.message == "dispatch ID not found"
+
+
+# -- HTTP situations, against small servers of our own ------------------------------------
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@contextlib.asynccontextmanager
+async def http_server(handler: Handler, path: str = "/{tail:.*}") -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_post(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def dispatch_for(request_body: bytes) -> api.AgentDispatch:
+    asked = api.CreateAgentDispatchRequest.FromString(request_body)
+    return api.AgentDispatch(id="AD_test", agent_name=asked.agent_name, room=asked.room)
+
+
+async def test_request_carries_livekit_api_headers_and_url_path() -> None:
+    seen: list[web.Request] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request)
+        body = dispatch_for(await request.read()).SerializeToString()
+        return web.Response(body=body, content_type="application/protobuf")
+
+    async with http_server(handler) as url:
+        client = client_for(url + "/behind/a/proxy/")
+        try:
+            dispatch = await create(client, "room-h")
+        finally:
+            await client.aclose()
+    assert dispatch.room == "room-h"
+    [request] = seen
+    assert request.path == "/behind/a/proxy/twirp/livekit.AgentDispatchService/CreateDispatch"
+    assert request.headers["Content-Type"] == "application/protobuf"
+    assert request.headers["User-Agent"] == USER_AGENT
+    assert request.headers["Authorization"].startswith("Bearer ey")
+    assert len(request.headers["X-Livekit-Request-Id"]) == 36
+
+
+async def test_chunked_answer_is_read_whole() -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = dispatch_for(await request.read()).SerializeToString()
+        response = web.StreamResponse(headers={"Content-Type": "application/protobuf"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for i in range(len(body)):
+            await response.write(body[i : i + 1])
+        await response.write_eof()
+        return response
+
+    async with http_server(handler) as url:
+        client = client_for(url)
+        try:
+            dispatch = await create(client, "room-chunked")
+        finally:
+            await client.aclose()
+    assert (dispatch.id, dispatch.room) == ("AD_test", "room-chunked")
+
+
+async def test_idle_connection_closed_by_the_server_is_replaced() -> None:
+    """A server closes a kept-alive connection when it has been idle too long; the request
+    that finds it closed goes again on a new connection, with the same idempotency key."""
+    request_ids: list[str] = []
+    peers: set[object] = set()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        peers.add(writer.get_extra_info("peername"))
+        answered = 0
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            headers = dict(
+                line.split(": ", 1) for line in head.decode().split("\r\n")[1:] if ": " in line
+            )
+            body = await reader.readexactly(int(headers["Content-Length"]))
+            request_ids.append(headers["X-Livekit-Request-Id"])
+            if answered == 1:  # the second request on a connection: closed unanswered
+                writer.close()
+                return
+            answer = dispatch_for(body).SerializeToString()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/protobuf\r\n")
+            writer.write(f"Content-Length: {len(answer)}\r\n\r\n".encode() + answer)
+            answered += 1
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = client_for(f"http://127.0.0.1:{port}")
+    try:
+        first = await create(client, "room-1")
+        second = await create(client, "room-2")
+    finally:
+        await client.aclose()
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert (first.room, second.room) == ("room-1", "room-2")
+    assert len(request_ids) == 3
+    assert request_ids[1] == request_ids[2]  # the retry of room-2
+    assert len(peers) == 2
+
+
+async def test_server_that_never_answers_times_out_as_retryable() -> None:
+    stop = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.Response:
+        await stop.wait()
+        return web.Response()
+
+    async with http_server(handler) as url:
+        client = client_for(url, timeout_s=0.3)
+        try:
+            with pytest.raises(TimeoutError) as raised:
+                await create(client, "room-slow")
+        finally:
+            stop.set()
+            await client.aclose()
+    error = classify(raised.value, "CreateDispatch")
+    assert (error.code, error.retryable) == ("timeout", True)
+
+
+async def test_no_server_is_a_retryable_connection_error() -> None:
+    client = client_for(f"http://127.0.0.1:{free_port()}")
+    try:
+        with pytest.raises(OSError, match=r"Connect call failed|refused") as raised:
+            await create(client, "room-1")
+    finally:
+        await client.aclose()
+    error = classify(raised.value, "CreateDispatch")
+    assert (error.code, error.retryable) == ("connection", True)
+    assert "is LIVEKIT_URL right" in str(error)
+
+
+def test_url_must_be_http() -> None:
+    with pytest.raises(ValueError, match="not an http"):
+        TwirpClient("redis://localhost:6379", timeout_s=1)
