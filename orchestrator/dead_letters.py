@@ -11,6 +11,7 @@ from typing import Any
 from arq import ArqRedis
 
 from tasks import keys
+from tasks.connection import text
 from tasks.serialization import serialize
 
 REPLAYED = keys.PREFIX + "dead-letters:replayed"
@@ -38,10 +39,6 @@ class ReplayError(Exception):
     """A dead letter that cannot be replayed; the message says why."""
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 async def add(
     redis: ArqRedis,
     *,
@@ -53,7 +50,7 @@ async def add(
     session_id: str = "",
     generation: int = 0,
 ) -> str:
-    text = payload if isinstance(payload, str) else serialize({"event": payload}).decode()
+    body = payload if isinstance(payload, str) else serialize({"event": payload}).decode()
     entry = await redis.xadd(
         keys.DEAD_LETTER_STREAM,
         {
@@ -63,20 +60,20 @@ async def add(
             "event_id": event_id,
             "session_id": session_id,
             "generation": generation,
-            "payload": text,
+            "payload": body,
             "at_ms": int(time.time() * 1000),
         },
         maxlen=keys.DEAD_LETTER_STREAM_MAXLEN,
         approximate=True,
     )
-    return _text(entry)
+    return text(entry)
 
 
 def _decode(
     entry_id: bytes | str, fields: dict[bytes, bytes], replayed: dict[str, str]
 ) -> DeadLetter:
-    f = {_text(k): _text(v) for k, v in fields.items()}
-    eid = _text(entry_id)
+    f = {text(k): text(v) for k, v in fields.items()}
+    eid = text(entry_id)
     return DeadLetter(
         entry_id=eid,
         kind=f.get("kind", ""),
@@ -95,7 +92,7 @@ async def recent(redis: ArqRedis, count: int = 50) -> list[DeadLetter]:
     """The newest dead letters, newest first."""
     rows = await redis.xrevrange(keys.DEAD_LETTER_STREAM, count=count)
     raw: dict[bytes, bytes] = await redis.hgetall(REPLAYED)  # type: ignore[misc]
-    replayed = {_text(k): _text(v) for k, v in raw.items()}
+    replayed = {text(k): text(v) for k, v in raw.items()}
     return [_decode(eid, fields, replayed) for eid, fields in rows]
 
 
@@ -104,7 +101,7 @@ async def get(redis: ArqRedis, entry_id: str) -> DeadLetter | None:
     if not rows:
         return None
     replayed = await redis.hget(REPLAYED, entry_id)  # type: ignore[misc]
-    return _decode(rows[0][0], rows[0][1], {entry_id: _text(replayed)} if replayed else {})
+    return _decode(rows[0][0], rows[0][1], {entry_id: text(replayed)} if replayed else {})
 
 
 async def replay(redis: ArqRedis, entry_id: str) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from tasks import keys
+from tasks.connection import text
 
 SESSION_STATUSES = ("claimed", "dispatched", "assigned", "ending", "completed", "failed", "lost")
 _INT_FIELDS = (
@@ -16,13 +17,9 @@ _INT_FIELDS = (
 )  # fmt: skip
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def session_view(raw: dict[Any, Any]) -> dict[str, Any]:
     """A session record as JSON-able fields, with times in unix ms and its age."""
-    view: dict[str, Any] = {_text(k): _text(v) for k, v in raw.items()}
+    view: dict[str, Any] = {text(k): text(v) for k, v in raw.items()}
     for name in _INT_FIELDS:
         if view.get(name):
             view[name] = int(view[name])
@@ -44,7 +41,7 @@ async def get_session(redis: Redis, session_id: str) -> dict[str, Any] | None:
 async def session_by_room(redis: Redis, room: str) -> dict[str, Any] | None:
     """The room's newest session."""
     ids = await redis.zrevrange(keys.room_sessions_key(room), 0, 0)
-    return await get_session(redis, _text(ids[0])) if ids else None
+    return await get_session(redis, text(ids[0])) if ids else None
 
 
 async def list_sessions(
@@ -70,7 +67,7 @@ async def list_sessions(
         offset += len(ids)
         async with redis.pipeline(transaction=False) as pipe:
             for sid in ids:
-                pipe.hgetall(keys.session_key(_text(sid)))
+                pipe.hgetall(keys.session_key(text(sid)))
             rows = await pipe.execute()
         for raw in rows:
             if not raw:
@@ -89,7 +86,7 @@ async def list_sessions(
 async def live_sessions(redis: Redis) -> list[dict[str, Any]]:
     """Sessions not yet terminal, oldest first."""
     ids = await redis.zrange(keys.LIVE_SESSIONS, 0, -1)
-    views = [await get_session(redis, _text(sid)) for sid in ids]
+    views = [await get_session(redis, text(sid)) for sid in ids]
     return [v for v in views if v]
 
 

@@ -13,7 +13,9 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
+from orchestrator.script_batch import ScriptBatcher
 from tasks import keys
+from tasks.connection import text
 from tasks.models import SessionReport
 from tasks.serialization import job_body
 
@@ -124,20 +126,17 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class SessionStore:
     def __init__(self, redis: Redis, *, retention_s: int, event_retention_s: int) -> None:
         self.redis = redis
         self.retention_s = retention_s
         self.event_retention_s = event_retention_s
-        self._claim = redis.register_script(_CLAIM)
-        self._file = redis.register_script(_FILE_REPORT)
-        self._release = redis.register_script(_RELEASE)
-        self._transition = redis.register_script(_TRANSITION)
-        self._mark_dispatched = redis.register_script(_MARK_DISPATCHED)
+        self.scripts = ScriptBatcher(redis)
+        self._claim = self.scripts.script(_CLAIM)
+        self._file = self.scripts.script(_FILE_REPORT)
+        self._release = self.scripts.script(_RELEASE)
+        self._transition = self.scripts.script(_TRANSITION)
+        self._mark_dispatched = self.scripts.script(_MARK_DISPATCHED)
 
     async def claim(
         self,
@@ -150,7 +149,8 @@ class SessionStore:
         enqueued_ms: int,
     ) -> Claim:
         """Claim `room` for the session, atomically with the event's idempotency record."""
-        kind, holder = await self._claim(
+        kind, holder = await self.scripts.run(
+            self._claim,
             keys=[
                 keys.event_key(event_id),
                 keys.room_claim_key(room),
@@ -172,7 +172,7 @@ class SessionStore:
                 keys.session_key(""),
             ],
         )
-        return Claim(_text(kind), _text(holder))  # type: ignore[arg-type]
+        return Claim(text(kind), text(holder))  # type: ignore[arg-type]
 
     async def record_event(self, event_id: str, outcome: str, *, overwrite: bool) -> None:
         """Set an event's outcome, so a replay of it is recognised; without `overwrite`, only
@@ -192,7 +192,9 @@ class SessionStore:
         args: list[Any] = [",".join(expected)]
         for name, value in fields.items():
             args += [name, "" if value is None else value]
-        return bool(await self._transition(keys=[keys.session_key(session_id)], args=args))
+        return bool(
+            await self.scripts.run(self._transition, keys=[keys.session_key(session_id)], args=args)
+        )
 
     async def mark_dispatched(
         self,
@@ -211,7 +213,8 @@ class SessionStore:
         body = job_body(keys.CONFIRM_ASSIGNMENT, [session_id, dispatch_id, attempt], enqueue_ms=now)
         due = now + int(check_in_s * 1000)
         return bool(
-            await self._mark_dispatched(
+            await self.scripts.run(
+                self._mark_dispatched,
                 keys=[
                     keys.session_key(session_id),
                     keys.event_key(event_id),
@@ -234,7 +237,11 @@ class SessionStore:
         )
 
     async def release_claim(self, room: str, session_id: str) -> bool:
-        return bool(await self._release(keys=[keys.room_claim_key(room)], args=[session_id]))
+        return bool(
+            await self.scripts.run(
+                self._release, keys=[keys.room_claim_key(room)], args=[session_id]
+            )
+        )
 
     async def file_report(self, report: SessionReport) -> bool:
         """Append the session's terminal report to the results stream, mark it terminal and
@@ -260,7 +267,8 @@ class SessionStore:
         ]
         for name, value in fields.items():
             args += [name, value]
-        filed = await self._file(
+        filed = await self.scripts.run(
+            self._file,
             keys=[
                 keys.report_filed_key(report.session_id),
                 keys.RESULTS_STREAM,
@@ -275,17 +283,17 @@ class SessionStore:
 
     async def get(self, session_id: str) -> dict[str, str] | None:
         raw = await self.redis.hgetall(keys.session_key(session_id))  # type: ignore[misc]
-        return {_text(k): _text(v) for k, v in raw.items()} if raw else None
+        return {text(k): text(v) for k, v in raw.items()} if raw else None
 
     async def by_room(self, room: str) -> dict[str, str] | None:
         """The room's newest session."""
         ids = await self.redis.zrevrange(keys.room_sessions_key(room), 0, 0)
-        return await self.get(_text(ids[0])) if ids else None
+        return await self.get(text(ids[0])) if ids else None
 
     async def room_holder(self, room: str) -> str | None:
         holder = await self.redis.get(keys.room_claim_key(room))
-        return _text(holder) if holder else None
+        return text(holder) if holder else None
 
     async def live_sessions(self, older_than_ms: int | None = None) -> list[str]:
         top = "+inf" if older_than_ms is None else older_than_ms
-        return [_text(s) for s in await self.redis.zrangebyscore(keys.LIVE_SESSIONS, "-inf", top)]
+        return [text(s) for s in await self.redis.zrangebyscore(keys.LIVE_SESSIONS, "-inf", top)]

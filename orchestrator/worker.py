@@ -62,6 +62,7 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
         await flusher.stop()
     context: Context | None = ctx.get(CTX_KEY)
     if context is not None:
+        await context.store.scripts.aclose()
         await context.livekit.aclose()
 
 

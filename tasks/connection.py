@@ -17,3 +17,8 @@ async def create_redis(url: str) -> ArqRedis:
     return await create_pool(
         redis_settings(url), job_serializer=serialize, job_deserializer=deserialize
     )
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text: the pool does not decode (job bodies are bytes)."""
+    return value.decode() if isinstance(value, bytes) else value

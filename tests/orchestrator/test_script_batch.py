@@ -1,0 +1,92 @@
+"""Lua scripts of concurrent callers share round trips, and each caller still gets its own
+answer or error, through a lost script cache and a dropped connection."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+from arq import ArqRedis
+from redis.exceptions import ConnectionError, ResponseError
+
+from orchestrator.script_batch import ScriptBatcher
+
+INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+FAIL_ON_NEGATIVE = """
+if tonumber(ARGV[1]) < 0 then return redis.error_reply('negative: ' .. ARGV[1]) end
+return ARGV[1]
+"""
+
+
+async def test_concurrent_calls_share_round_trips_and_get_their_own_replies(
+    arq_redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batcher = ScriptBatcher(arq_redis)
+    script = batcher.script(INCR_BY)
+    trips: list[int] = []
+    exchange = batcher._exchange
+
+    async def counted(commands: list[tuple[object, ...]]) -> list[object]:
+        trips.append(len(commands))
+        return await exchange(commands)
+
+    monkeypatch.setattr(batcher, "_exchange", counted)
+    try:
+        await batcher.run(script, ["warm-up"], [1])  # the server learns the script
+        trips.clear()
+        replies = await asyncio.gather(
+            *(batcher.run(script, [f"counter-{i % 7}"], [i]) for i in range(100))
+        )
+    finally:
+        await batcher.aclose()
+    assert sum(trips) == 100
+    assert len(trips) <= 2
+    # Each caller got the counter value its own INCRBY produced: replies of the same counter
+    # rise by exactly the caller's increment.
+    for counter in range(7):
+        mine = [(i, replies[i]) for i in range(100) if i % 7 == counter]
+        assert all(b[1] - a[1] == b[0] for a, b in itertools.pairwise(mine))
+        assert int(await arq_redis.get(f"counter-{counter}")) == sum(i for i, _ in mine)
+
+
+async def test_a_failing_script_fails_only_its_caller(arq_redis: ArqRedis) -> None:
+    batcher = ScriptBatcher(arq_redis)
+    script = batcher.script(FAIL_ON_NEGATIVE)
+    try:
+        results = await asyncio.gather(
+            *(batcher.run(script, [], [n]) for n in (1, -2, 3)), return_exceptions=True
+        )
+    finally:
+        await batcher.aclose()
+    assert results[0] == b"1"
+    assert isinstance(results[1], ResponseError)
+    assert "negative: -2" in str(results[1])
+    assert results[2] == b"3"
+
+
+async def test_scripts_run_after_the_server_lost_its_script_cache(arq_redis: ArqRedis) -> None:
+    batcher = ScriptBatcher(arq_redis)
+    script = batcher.script(INCR_BY)
+    try:
+        assert await batcher.run(script, ["k"], [1]) == 1
+        await arq_redis.script_flush()
+        replies = await asyncio.gather(*(batcher.run(script, ["k"], [1]) for _ in range(3)))
+        assert sorted(replies) == [2, 3, 4]
+    finally:
+        await batcher.aclose()
+
+
+async def test_a_dropped_connection_fails_the_batch_in_flight_and_the_next_one_reconnects(
+    arq_redis: ArqRedis,
+) -> None:
+    batcher = ScriptBatcher(arq_redis)
+    script = batcher.script(INCR_BY)
+    try:
+        assert await batcher.run(script, ["k"], [1]) == 1
+        await arq_redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        with pytest.raises(ConnectionError):
+            await batcher.run(script, ["k"], [1])
+        assert await batcher.run(script, ["k"], [1]) == 2
+    finally:
+        await batcher.aclose()
