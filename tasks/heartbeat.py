@@ -15,6 +15,6 @@ async def beat(redis: Redis, session_id: str) -> None:
     await redis.set(agent_heartbeat_key(session_id), int(time.time() * 1000), ex=HEARTBEAT_TTL_S)
 
 
-async def last_beat_ms(redis: Redis, session_id: str) -> int | None:
-    value = await redis.get(agent_heartbeat_key(session_id))
+def beat_ms(value: bytes | str | None) -> int | None:
+    """The time (unix ms) a heartbeat key's value says, None for no heartbeat."""
     return int(value) if value is not None else None
