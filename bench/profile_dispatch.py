@@ -38,7 +38,8 @@ from tasks import create_redis, enqueue_dispatch
 # (label, frame that marks it), first match from the leaf wins; the rest is "other".
 STEPS = [
     ("dispatch: claim (Lua)", "claim (orchestrator/state.py"),
-    ("dispatch: CreateDispatch (livekit-api + aiohttp)", "create_dispatch (orchestrator/"),
+    ("dispatch: CreateDispatch (HTTP)", "create_dispatch (orchestrator/"),
+    ("dispatch: Redis scripts (batched)", "orchestrator/script_batch.py"),
     ("dispatch: mark_dispatched (Lua)", "mark_dispatched (orchestrator/state.py"),
     ("dispatch: enqueue confirm job (arq)", "enqueue_job (arq/connections.py"),
     ("dispatch: logging (structlog)", "structlog/"),
