@@ -127,10 +127,18 @@ def now_ms() -> int:
 
 
 class SessionStore:
-    def __init__(self, redis: Redis, *, retention_s: int, event_retention_s: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        retention_s: int,
+        event_retention_s: int,
+        record_linger_s: float = 0.0,
+    ) -> None:
         self.redis = redis
         self.retention_s = retention_s
         self.event_retention_s = event_retention_s
+        self.record_linger_s = record_linger_s
         self.scripts = ScriptBatcher(redis)
         self._claim = self.scripts.script(_CLAIM)
         self._file = self.scripts.script(_FILE_REPORT)
@@ -207,7 +215,8 @@ class SessionStore:
         attempt: int,
     ) -> bool:
         """Record the session's (new) dispatch and queue its `attempt`-th assignment check
-        `check_in_s` from now; False when the session no longer waits for a dispatch."""
+        `check_in_s` from now; False when the session no longer waits for a dispatch. The
+        record may linger up to `record_linger_s` to share a round trip (script_batch)."""
         now = now_ms()
         job_id = keys.confirm_job_id(session_id, dispatch_id)
         body = job_body(keys.CONFIRM_ASSIGNMENT, [session_id, dispatch_id, attempt], enqueue_ms=now)
@@ -233,6 +242,7 @@ class SessionStore:
                     due,
                     due - now + CHECK_JOB_TTL_MS,
                 ],
+                linger_s=self.record_linger_s,
             )
         )
 

@@ -11,6 +11,7 @@ from arq import ArqRedis
 from redis.exceptions import ConnectionError, ResponseError
 
 from orchestrator.script_batch import ScriptBatcher
+from tests.support.waiting import eventually
 
 INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 FAIL_ON_NEGATIVE = """
@@ -88,5 +89,34 @@ async def test_a_dropped_connection_fails_the_batch_in_flight_and_the_next_one_r
         with pytest.raises(ConnectionError):
             await batcher.run(script, ["k"], [1])
         assert await batcher.run(script, ["k"], [1]) == 2
+    finally:
+        await batcher.aclose()
+
+
+async def test_a_lingering_call_goes_with_the_next_urgent_one_or_alone_in_time(
+    arq_redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batcher = ScriptBatcher(arq_redis)
+    script = batcher.script(INCR_BY)
+    trips: list[int] = []
+    exchange = batcher._exchange
+
+    async def counted(commands: list[tuple[object, ...]]) -> list[object]:
+        trips.append(len(commands))
+        return await exchange(commands)
+
+    try:
+        await batcher.run(script, ["warm-up"], [1])
+        monkeypatch.setattr(batcher, "_exchange", counted)
+        # Lingering for a minute, it goes as soon as a call that cannot wait comes.
+        lingering = asyncio.ensure_future(batcher.run(script, ["a"], [1], linger_s=60))
+        await eventually(lambda: batcher._hurry is not None, what="the call lingering")
+        assert not lingering.done()
+        assert await batcher.run(script, ["b"], [1]) == 1
+        assert await lingering == 1
+        assert trips == [2]
+        # Alone, it goes when its linger is over.
+        assert await batcher.run(script, ["a"], [1], linger_s=0.01) == 2
+        assert trips == [2, 1]
     finally:
         await batcher.aclose()
