@@ -8,9 +8,12 @@ A live session's agent is taken for gone when
 Such a session gets a synthesized `lost` report; any dispatch it still has is deleted, so a
 zombie agent cannot share the room with the next session.
 
-A pass reads what it needs in pipelined pages (sessions with their heartbeats, room claims
-with their holders' status), so its cost grows by tens of microseconds per live session, not
-by round trips; only sessions that need something done cost a call of their own.
+A pass looks only at the sessions that are due (`keys.RECONCILE_DUE`): each visit schedules
+the next one for when a rule could next apply (a heartbeat going stale, a claim growing old),
+and no later than `Settings.session_check_every_s`, since nothing detected after a visit can
+fire sooner. What a pass reads, it reads in pipelined pages (sessions with their heartbeats,
+room claims with their holders' status); only sessions that need something done cost a call
+of their own.
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ async def reconcile_sessions(ctx: dict[str, Any]) -> dict[str, int]:
     c = of(ctx)
     started = time.perf_counter()
     counts = {"checked": 0, "lost": 0, "adopted": 0, "failed": 0, "claims_freed": 0}
-    live = await c.store.live_sessions()
-    for page in (live[i : i + PAGE] for i in range(0, len(live), PAGE)):
+    due = await c.store.due_sessions(now_ms())
+    for page in (due[i : i + PAGE] for i in range(0, len(due), PAGE)):
+        next_checks: dict[str, int] = {}
         for session_id, (session, last_beat) in zip(
             page, await _read_sessions(c, page), strict=True
         ):
@@ -51,9 +55,12 @@ async def reconcile_sessions(ctx: dict[str, Any]) -> dict[str, int]:
                 log.warning(
                     "reconciliation deferred: LiveKit error", session_id=session_id, error=str(exc)
                 )
-                continue
+                continue  # still due: the next pass tries again
             if outcome:
                 counts[outcome] += 1
+            if session is not None and outcome in (None, "adopted"):
+                next_checks[session_id] = next_check_ms(c, session, last_beat, now_ms())
+        await c.store.schedule_checks(next_checks)
     counts["claims_freed"] = await free_orphan_claims(c)
     await queries.trim_recent_sessions(c.redis, c.settings.session_retention_s)
     log.info("reconciliation", duration_s=round(time.perf_counter() - started, 3), **counts)
@@ -82,7 +89,7 @@ async def _reconcile_one(
     c: Context, session_id: str, session: dict[str, str] | None, last_beat: int | None
 ) -> str | None:
     if session is None or session.get("status") in TERMINAL:
-        await c.redis.zrem(keys.LIVE_SESSIONS, session_id)
+        await c.store.forget(session_id)
         return None
     status, now = session.get("status", ""), now_ms()
     grace_ms = c.settings.report_grace_s * 1000
@@ -133,14 +140,43 @@ async def _reconcile_one(
     return None
 
 
+def next_check_ms(c: Context, session: dict[str, str], last_beat: int | None, now: int) -> int:
+    """When reconciliation should next look at a live session (unix ms): the earliest time
+    a rule of `_reconcile_one` could apply to what it is now, at the latest
+    `session_check_every_s` from now."""
+    s = c.settings
+    grace_ms = int(s.report_grace_s * 1000)
+    status = session.get("status")
+    times = [now + max(1, int(s.session_check_every_s * 1000))]
+    if status == "claimed":
+        times.append(int(session.get("claimed_at") or now) + int(s.claim_stale_s * 1000))
+    else:
+        if status == "dispatched":
+            times.append(_confirmation_due(c, session, now))
+        if gone_since := int(session.get("gone_since") or 0):
+            times.append(gone_since + grace_ms)
+        if last_beat is not None:
+            times.append(last_beat + grace_ms)
+        if s.agent_heartbeats and (assigned_at := int(session.get("assigned_at") or 0)):
+            times.append(assigned_at + grace_ms)
+        started = int(session.get("dispatched_at") or session.get("claimed_at") or now)
+        times.append(started + int(s.assignment_check_delay_s * 1000) + grace_ms)
+    return min(t for t in times if t > now)
+
+
+def _confirmation_due(c: Context, session: dict[str, str], now: int) -> int:
+    """When a dispatch's assignment check is overdue (its confirm job lost in a crash)."""
+    attempts = max(1, int(session.get("attempts") or 1))
+    return int(session.get("dispatched_at") or now) + int(
+        (c.settings.assignment_check_delay_s * 2**attempts + c.settings.report_grace_s) * 1000
+    )
+
+
 async def _ensure_confirmation(c: Context, session: dict[str, str], now: int) -> None:
     """A dispatch whose assignment check is overdue (its confirm job was lost in a crash)
     gets one; arq's job id makes this a no-op while the original is queued or kept."""
     attempts = max(1, int(session.get("attempts") or 1))
-    due = int(session.get("dispatched_at") or now) + int(
-        (c.settings.assignment_check_delay_s * 2**attempts + c.settings.report_grace_s) * 1000
-    )
-    if now < due:
+    if now < _confirmation_due(c, session, now):
         return
     dispatch_id = session.get("dispatch_id", "")
     await c.redis.enqueue_job(

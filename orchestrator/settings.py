@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     """How often each worker adds its metric counts to Redis, where the HTTP service's
     /metrics reads the figures of all workers."""
 
+    @property
+    def session_check_every_s(self) -> float:
+        """Longest time reconciliation leaves a live session unvisited: no rule of it applies
+        sooner than this after the event it waits for (reconcile.py)."""
+        return min(self.report_grace_s, self.claim_stale_s)
+
     @field_validator("agent_name")
     @classmethod
     def _agent_name(cls, value: str) -> str:

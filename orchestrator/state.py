@@ -22,9 +22,9 @@ from tasks.serialization import job_body
 TERMINAL = ("completed", "failed", "lost")
 CHECK_JOB_TTL_MS = 24 * 3600 * 1000  # arq's default: a job not run a day after it was due expires
 
-# KEYS: event, room claim, session, live set, recent set, room sessions
+# KEYS: event, room claim, session, live set, recent set, room sessions, reconcile due set
 # ARGV: session_id, generation, now_ms, event_ttl_s, retention_s, event_id, room, agent_name,
-#       enqueued_ms, session key prefix
+#       enqueued_ms, session key prefix, first reconciliation at (unix ms)
 _CLAIM = """
 local sid, gen, now = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local ev_sid = redis.call('HGET', KEYS[1], 'session_id')
@@ -58,10 +58,12 @@ redis.call('ZADD', KEYS[4], now, sid)
 redis.call('ZADD', KEYS[5], now, sid)
 redis.call('ZADD', KEYS[6], now, sid)
 redis.call('EXPIRE', KEYS[6], ARGV[5])
+redis.call('ZADD', KEYS[7], ARGV[11], sid)
 return {'claimed', sid}
 """
 
-# KEYS: report filed, results stream, session, live set, room claim, session payload
+# KEYS: report filed, results stream, session, live set, room claim, session payload,
+#       reconcile due set
 # ARGV: session_id, status, report_json, event_id, room, retention_s, maxlen, then field pairs
 _FILE_REPORT = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[6]) then return 0 end
@@ -72,6 +74,7 @@ redis.call('HSET', KEYS[3], 'session_id', ARGV[1], 'event_id', ARGV[4], 'room', 
 for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[3], ARGV[6])
 redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[7], ARGV[1])
 if redis.call('GET', KEYS[5]) == ARGV[1] then redis.call('DEL', KEYS[5]) end
 redis.call('DEL', KEYS[6])
 return 1
@@ -134,11 +137,14 @@ class SessionStore:
         retention_s: int,
         event_retention_s: int,
         record_linger_s: float = 0.0,
+        first_check_s: float = 0.0,
     ) -> None:
+        """`first_check_s`: how long after its claim reconciliation first looks at a session."""
         self.redis = redis
         self.retention_s = retention_s
         self.event_retention_s = event_retention_s
         self.record_linger_s = record_linger_s
+        self.first_check_ms = int(first_check_s * 1000)
         self.scripts = ScriptBatcher(redis)
         self._claim = self.scripts.script(_CLAIM)
         self._file = self.scripts.script(_FILE_REPORT)
@@ -157,6 +163,7 @@ class SessionStore:
         enqueued_ms: int,
     ) -> Claim:
         """Claim `room` for the session, atomically with the event's idempotency record."""
+        now = now_ms()
         kind, holder = await self.scripts.run(
             self._claim,
             keys=[
@@ -166,11 +173,12 @@ class SessionStore:
                 keys.LIVE_SESSIONS,
                 keys.RECENT_SESSIONS,
                 keys.room_sessions_key(room),
+                keys.RECONCILE_DUE,
             ],
             args=[
                 session_id,
                 generation,
-                now_ms(),
+                now,
                 self.event_retention_s,
                 self.retention_s,
                 event_id,
@@ -178,6 +186,7 @@ class SessionStore:
                 agent_name,
                 enqueued_ms,
                 keys.session_key(""),
+                now + self.first_check_ms,
             ],
         )
         return Claim(text(kind), text(holder))  # type: ignore[arg-type]
@@ -286,6 +295,7 @@ class SessionStore:
                 keys.LIVE_SESSIONS,
                 keys.room_claim_key(report.room),
                 keys.session_payload_key(report.session_id),
+                keys.RECONCILE_DUE,
             ],
             args=args,
         )
@@ -303,6 +313,30 @@ class SessionStore:
     async def room_holder(self, room: str) -> str | None:
         holder = await self.redis.get(keys.room_claim_key(room))
         return text(holder) if holder else None
+
+    async def due_sessions(self, now: int) -> list[str]:
+        """Live sessions reconciliation should look at by `now` (unix ms), most overdue first.
+
+        Sessions claimed by a version without the schedule join it (due at once) first."""
+        await self.redis.zunionstore(
+            keys.RECONCILE_DUE,
+            {keys.RECONCILE_DUE: 1, keys.LIVE_SESSIONS: 0},
+            aggregate="MAX",
+        )
+        return [text(s) for s in await self.redis.zrangebyscore(keys.RECONCILE_DUE, "-inf", now)]
+
+    async def schedule_checks(self, due: dict[str, int]) -> None:
+        """When reconciliation next looks at each session (unix ms); a session that ended
+        meanwhile is not put back."""
+        if due:
+            await self.redis.zadd(keys.RECONCILE_DUE, due, xx=True)
+
+    async def forget(self, session_id: str) -> None:
+        """Drop a session that is terminal or gone from the live indexes."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(keys.LIVE_SESSIONS, session_id)
+            pipe.zrem(keys.RECONCILE_DUE, session_id)
+            await pipe.execute()
 
     async def live_sessions(self, older_than_ms: int | None = None) -> list[str]:
         top = "+inf" if older_than_ms is None else older_than_ms

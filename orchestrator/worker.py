@@ -45,6 +45,7 @@ def _startup(settings: Settings) -> Any:
             retention_s=settings.session_retention_s,
             event_retention_s=settings.event_retention_s,
             record_linger_s=settings.record_linger_ms / 1000,
+            first_check_s=settings.session_check_every_s,
         )
         ctx[CTX_KEY] = Context(settings=settings, redis=redis, store=store, livekit=gateway)
         ctx[FLUSHER_KEY] = metrics_store.Flusher(redis, settings.metrics_flush_interval_s).start()

@@ -29,6 +29,8 @@ DUPLICATE_REPORTS_STREAM = PREFIX + "duplicate-reports"
 
 LIVE_SESSIONS = PREFIX + "sessions:live"
 """Sorted set of session ids not yet terminal, scored by claim time (unix ms)."""
+RECONCILE_DUE = PREFIX + "sessions:reconcile-due"
+"""Sorted set of live session ids, scored by when reconciliation next looks at each (unix ms)."""
 RECENT_SESSIONS = PREFIX + "sessions:recent"
 """Sorted set of every session id, scored by creation time (unix ms), trimmed by retention."""
 

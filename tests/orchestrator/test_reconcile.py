@@ -1,9 +1,12 @@
-"""A reconciliation pass over more live sessions and room claims than fit one page of its
-reads: every one is looked at, and only the ones that need it are changed."""
+"""Reconciliation passes called directly: a pass over more live sessions and room claims than
+fit one page of its reads, and the schedule that spares sessions which are not due."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from arq import ArqRedis
 
@@ -12,30 +15,55 @@ from orchestrator.context import CTX_KEY, Context
 from orchestrator.livekit_gateway import LiveKitGateway
 from orchestrator.local_redis import LocalRedis
 from orchestrator.reconcile import PAGE, reconcile_sessions
+from orchestrator.settings import Settings
 from orchestrator.state import SessionStore, now_ms
 from tasks import keys
 from tasks.heartbeat import beat
 from tests.orchestrator.conftest import make_settings
 
 
+@contextlib.asynccontextmanager
+async def reconciler(
+    sim: LiveKitSim, arq_redis: ArqRedis, redis_server: LocalRedis, **settings: Any
+) -> AsyncIterator[tuple[Settings, SessionStore, Callable[[], Awaitable[dict[str, int]]]]]:
+    """Settings, the store and one reconciliation pass, as a worker would run them."""
+    values = make_settings(redis_server, sim, **settings)
+    store = SessionStore(arq_redis, retention_s=3600, event_retention_s=3600)
+    gateway = LiveKitGateway(values)
+    ctx = {CTX_KEY: Context(settings=values, redis=arq_redis, store=store, livekit=gateway)}
+    try:
+        yield values, store, lambda: reconcile_sessions(ctx)
+    finally:
+        await store.scripts.aclose()
+        await gateway.aclose()
+
+
+async def claim(store: SessionStore, session_id: str) -> None:
+    claimed = await store.claim(
+        session_id=session_id, generation=0, event_id=f"e-{session_id}", room=f"r-{session_id}",
+        agent_name="support-agent", enqueued_ms=now_ms(),
+    )  # fmt: skip
+    assert claimed.kind == "claimed"
+
+
 async def test_pass_covers_every_page_of_sessions_and_claims(
     sim: LiveKitSim, arq_redis: ArqRedis, redis_server: LocalRedis
 ) -> None:
-    settings = make_settings(
-        redis_server, sim, agent_heartbeats=True, assignment_check_delay_s=600.0
-    )
-    store = SessionStore(arq_redis, retention_s=3600, event_retention_s=3600)
+    async with reconciler(
+        sim, arq_redis, redis_server, agent_heartbeats=True, assignment_check_delay_s=600.0
+    ) as (_, store, reconcile):
+        await many_sessions_then_one_pass(sim, arq_redis, store, reconcile)
+
+
+async def many_sessions_then_one_pass(
+    sim: LiveKitSim,
+    arq_redis: ArqRedis,
+    store: SessionStore,
+    reconcile: Callable[[], Awaitable[dict[str, int]]],
+) -> None:
     healthy = [f"s-ok-{i}" for i in range(PAGE + 100)]
     vanished = [f"s-gone-{i}" for i in range(PAGE + 100)]
-    await asyncio.gather(
-        *(
-            store.claim(
-                session_id=sid, generation=0, event_id=f"e-{sid}", room=f"r-{sid}",
-                agent_name="support-agent", enqueued_ms=now_ms(),
-            )
-            for sid in healthy + vanished
-        )
-    )  # fmt: skip
+    await asyncio.gather(*(claim(store, sid) for sid in healthy + vanished))
     for sid in healthy:  # dispatched, and its agent's heartbeat is fresh
         assert await store.transition(
             sid, ("claimed",), status="dispatched", dispatched_at=now_ms()
@@ -44,13 +72,7 @@ async def test_pass_covers_every_page_of_sessions_and_claims(
     # The records of the others expired or were lost in a crash; their claims stayed.
     await arq_redis.delete(*(keys.session_key(sid) for sid in vanished))
 
-    gateway = LiveKitGateway(settings)
-    ctx = {CTX_KEY: Context(settings=settings, redis=arq_redis, store=store, livekit=gateway)}
-    try:
-        counts = await reconcile_sessions(ctx)
-    finally:
-        await store.scripts.aclose()
-        await gateway.aclose()
+    counts = await reconcile()
 
     assert counts["checked"] == len(healthy) + len(vanished)
     assert counts["claims_freed"] == len(vanished)
@@ -61,3 +83,63 @@ async def test_pass_covers_every_page_of_sessions_and_claims(
     for sid in vanished:
         assert await store.room_holder(f"r-{sid}") is None
     assert not sim.calls  # nothing needed LiveKit
+
+
+async def test_a_session_is_looked_at_again_when_a_rule_could_apply_not_every_pass(
+    sim: LiveKitSim, arq_redis: ArqRedis, redis_server: LocalRedis
+) -> None:
+    async with reconciler(
+        sim, arq_redis, redis_server, agent_heartbeats=True, report_grace_s=20.0,
+        claim_stale_s=60.0, assignment_check_delay_s=600.0,
+    ) as (settings, store, reconcile):  # fmt: skip
+        await claim(store, "s-1")
+        assert await store.transition(
+            "s-1", ("claimed",), status="assigned", dispatched_at=now_ms(), assigned_at=now_ms()
+        )
+        last_beat = now_ms() - 5_000  # its agent's last heartbeat is 5 s old
+        await arq_redis.set(keys.agent_heartbeat_key("s-1"), last_beat)
+        assert (await reconcile())["checked"] == 1
+        # Nothing can apply before that heartbeat is grace_s old.
+        due = await arq_redis.zscore(keys.RECONCILE_DUE, "s-1")
+        assert due == last_beat + settings.report_grace_s * 1000
+        assert (await reconcile())["checked"] == 0
+        # Once due, it is looked at again (here: its heartbeat stopped, it is lost).
+        await arq_redis.set(keys.agent_heartbeat_key("s-1"), last_beat - 21_000)
+        await arq_redis.zadd(keys.RECONCILE_DUE, {"s-1": now_ms()})
+        counts = await reconcile()
+        assert (counts["checked"], counts["lost"]) == (1, 1)
+        assert await arq_redis.zscore(keys.RECONCILE_DUE, "s-1") is None
+        assert (await store.get("s-1") or {}).get("status") == "lost"
+
+
+async def test_a_new_session_is_first_looked_at_after_the_first_check_delay(
+    sim: LiveKitSim, arq_redis: ArqRedis, redis_server: LocalRedis
+) -> None:
+    async with reconciler(sim, arq_redis, redis_server) as (settings, _, reconcile):
+        store = SessionStore(
+            arq_redis, retention_s=3600, event_retention_s=3600,
+            first_check_s=settings.session_check_every_s,
+        )  # fmt: skip
+        try:
+            before = now_ms()
+            await claim(store, "s-new")
+        finally:
+            await store.scripts.aclose()
+        due = await arq_redis.zscore(keys.RECONCILE_DUE, "s-new")
+        assert due is not None
+        assert due >= before + settings.session_check_every_s * 1000
+        assert (await reconcile())["checked"] == 0
+
+
+async def test_live_sessions_without_a_schedule_join_it_at_once(
+    sim: LiveKitSim, arq_redis: ArqRedis, redis_server: LocalRedis
+) -> None:
+    """Sessions claimed by a version before the schedule existed are in the live set only."""
+    async with reconciler(sim, arq_redis, redis_server) as (_, store, reconcile):
+        await claim(store, "s-old")
+        await arq_redis.delete(keys.RECONCILE_DUE)
+        await arq_redis.delete(keys.session_key("s-old"))  # and its record is gone since
+        counts = await reconcile()
+    assert (counts["checked"], counts["claims_freed"]) == (1, 1)
+    assert await arq_redis.zcard(keys.LIVE_SESSIONS) == 0
+    assert await arq_redis.zcard(keys.RECONCILE_DUE) == 0
