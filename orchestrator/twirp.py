@@ -114,15 +114,25 @@ class _Connection(asyncio.Protocol):
 
 class TwirpClient:
     """Calls to one LiveKit server, at most `max_connections` at once, each within
-    `timeout_s` (waiting for a free connection included)."""
+    `timeout_s` (waiting for a free connection included). An https URL's certificate is
+    checked against `ssl_context`, by default the system's CAs."""
 
-    def __init__(self, url: str, *, timeout_s: float, max_connections: int = 200) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float,
+        max_connections: int = 200,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
+        self._ssl = None
+        if parts.scheme == "https":
+            self._ssl = ssl_context or ssl.create_default_context()
         authority = f"[{self._host}]" if ":" in self._host else self._host
         self._authority = authority if parts.port is None else f"{authority}:{parts.port}"
         self._base_path = parts.path.rstrip("/")

@@ -6,11 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import jwt
 import pytest
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from livekit import api
 
 from livekit_sim import LiveKitSim
@@ -111,18 +118,71 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @contextlib.asynccontextmanager
-async def http_server(handler: Handler, path: str = "/{tail:.*}") -> AsyncIterator[str]:
+async def http_server(
+    handler: Handler, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1"
+) -> AsyncIterator[str]:
     app = web.Application()
-    app.router.add_post(path, handler)
+    app.router.add_post("/{tail:.*}", handler)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
+    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=tls)
     await site.start()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if tls else 'http'}://{host}:{port}"
     finally:
         await runner.cleanup()
+
+
+def self_signed(tmp_path: Path, host: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for `host`, and a client context trusting it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert_file, key_file)
+    return server, ssl.create_default_context(cafile=str(cert_file))
+
+
+async def protobuf_dispatch(request: web.Request) -> web.Response:
+    body = dispatch_for(await request.read()).SerializeToString()
+    return web.Response(body=body, content_type="application/protobuf")
+
+
+async def test_https_checks_the_certificate_of_the_host_named(tmp_path: Path) -> None:
+    server_tls, trusting = self_signed(tmp_path, "localhost")
+    async with http_server(protobuf_dispatch, server_tls, host="localhost") as url:
+        client = TwirpClient(url, timeout_s=5, ssl_context=trusting)
+        untrusting = TwirpClient(url, timeout_s=5)  # the system's CAs do not know it
+        try:
+            dispatch = await create(client, "room-tls")
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await create(untrusting, "room-tls")
+        finally:
+            await client.aclose()
+            await untrusting.aclose()
+    assert (dispatch.id, dispatch.room) == ("AD_test", "room-tls")
 
 
 def dispatch_for(request_body: bytes) -> api.AgentDispatch:
@@ -135,8 +195,7 @@ async def test_request_carries_livekit_api_headers_and_url_path() -> None:
 
     async def handler(request: web.Request) -> web.Response:
         seen.append(request)
-        body = dispatch_for(await request.read()).SerializeToString()
-        return web.Response(body=body, content_type="application/protobuf")
+        return await protobuf_dispatch(request)
 
     async with http_server(handler) as url:
         client = client_for(url + "/behind/a/proxy/")
