@@ -619,7 +619,9 @@ def report(
     print(f"  outcomes of all {sum(outcomes.values())} events: {text}")
     passes = [figures.reconcile_runs() for figures in orch if figures.reconcile]
     if passes:
-        print(f"  reconciliation passes (every 10 s over every live session): {', '.join(passes)}")
+        print(
+            f"  reconciliation passes (every 10 s, over the live sessions due): {', '.join(passes)}"
+        )
 
     for label, rounds in ((defaults.label, [defaults]), (best[0].label, best)):
         print(f"\narq no-op job, {label}, JSON serializer (tasks.serialization)")
