@@ -11,9 +11,9 @@ zombie agent cannot share the room with the next session.
 A pass looks only at the sessions that are due (`keys.RECONCILE_DUE`): each visit schedules
 the next one for when a rule could next apply (a heartbeat going stale, a claim growing old),
 and no later than `Settings.session_check_every_s`, since nothing detected after a visit can
-fire sooner. What a pass reads, it reads in pipelined pages (sessions with their heartbeats,
-room claims with their holders' status); only sessions that need something done cost a call
-of their own.
+fire sooner. Room claims are swept for orphans a bounded slice of the keyspace per pass. What
+a pass reads, it reads in pipelined pages (sessions with their heartbeats, room claims with
+their holders' status); only sessions that need something done cost a call of their own.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ log = structlog.get_logger("orchestrator.reconcile")
 
 
 PAGE = 500
+SWEEP_KEYS_PER_PASS = 20_000  # of the whole keyspace, where SCAN finds the room claims
 
 
 async def reconcile_sessions(ctx: dict[str, Any]) -> dict[str, int]:
@@ -240,25 +241,35 @@ async def _stale_claim(c: Context, session: dict[str, str], now: int) -> str | N
 
 
 async def free_orphan_claims(c: Context) -> int:
-    """Delete room claims whose session is terminal or gone (a crash between steps)."""
+    """Delete room claims whose session is terminal or gone (a crash between steps).
+
+    Each pass goes on where the last stopped and covers about SWEEP_KEYS_PER_PASS keys of the
+    database: all of a small one, a big one over several passes."""
     freed = 0
     prefix = len(keys.room_claim_key(""))
-    cursor = None
-    while cursor != 0:
-        cursor, claim_keys = await c.redis.scan(
-            cursor or 0, match=keys.room_claim_key("*"), count=1000
-        )
-        if not claim_keys:
-            continue
-        holders = await c.redis.mget(claim_keys)
-        held = [(text(k)[prefix:], text(h)) for k, h in zip(claim_keys, holders, strict=True) if h]
-        async with c.redis.pipeline(transaction=False) as pipe:
-            for _, sid in held:
-                pipe.hget(keys.session_key(sid), "status")
-            statuses = await pipe.execute()
-        for (room, sid), status in zip(held, statuses, strict=True):
-            if (status is None or text(status) in TERMINAL) and await c.store.release_claim(
-                room, sid
-            ):
-                freed += 1
+    cursor = int(await c.redis.get(keys.CLAIM_SWEEP_CURSOR) or 0)
+    for _ in range(SWEEP_KEYS_PER_PASS // 1000):
+        cursor, claim_keys = await c.redis.scan(cursor, match=keys.room_claim_key("*"), count=1000)
+        freed += await _free_orphans(c, [(text(k)[prefix:], k) for k in claim_keys])
+        if cursor == 0:
+            break
+    await c.redis.set(keys.CLAIM_SWEEP_CURSOR, cursor)
+    return freed
+
+
+async def _free_orphans(c: Context, claims: list[tuple[str, bytes]]) -> int:
+    """Of these (room, claim key), free those whose session is terminal or gone."""
+    freed = 0
+    claim_keys = [key for _, key in claims]
+    if not claim_keys:
+        return 0
+    holders = await c.redis.mget(claim_keys)
+    held = [(room, text(h)) for (room, _), h in zip(claims, holders, strict=True) if h]
+    async with c.redis.pipeline(transaction=False) as pipe:
+        for _, sid in held:
+            pipe.hget(keys.session_key(sid), "status")
+        statuses = await pipe.execute()
+    for (room, sid), status in zip(held, statuses, strict=True):
+        if (status is None or text(status) in TERMINAL) and await c.store.release_claim(room, sid):
+            freed += 1
     return freed

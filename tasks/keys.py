@@ -31,6 +31,8 @@ LIVE_SESSIONS = PREFIX + "sessions:live"
 """Sorted set of session ids not yet terminal, scored by claim time (unix ms)."""
 RECONCILE_DUE = PREFIX + "sessions:reconcile-due"
 """Sorted set of live session ids, scored by when reconciliation next looks at each (unix ms)."""
+CLAIM_SWEEP_CURSOR = PREFIX + "reconcile:claim-sweep-cursor"
+"""Where reconciliation's sweep for orphan room claims goes on (a SCAN cursor)."""
 RECENT_SESSIONS = PREFIX + "sessions:recent"
 """Sorted set of every session id, scored by creation time (unix ms), trimmed by retention."""
 

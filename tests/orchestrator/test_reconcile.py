@@ -8,9 +8,11 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import pytest
 from arq import ArqRedis
 
 from livekit_sim import LiveKitSim
+from orchestrator import reconcile
 from orchestrator.context import CTX_KEY, Context
 from orchestrator.livekit_gateway import LiveKitGateway
 from orchestrator.local_redis import LocalRedis
@@ -143,3 +145,22 @@ async def test_live_sessions_without_a_schedule_join_it_at_once(
     assert (counts["checked"], counts["claims_freed"]) == (1, 1)
     assert await arq_redis.zcard(keys.LIVE_SESSIONS) == 0
     assert await arq_redis.zcard(keys.RECONCILE_DUE) == 0
+
+
+async def test_orphan_claims_of_a_big_database_are_swept_over_several_passes(
+    sim: LiveKitSim,
+    arq_redis: ArqRedis,
+    redis_server: LocalRedis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reconcile, "SWEEP_KEYS_PER_PASS", 1000)
+    orphans = 3000  # claims left behind by sessions whose records are gone
+    await arq_redis.mset({keys.room_claim_key(f"r-{i}"): f"s-{i}" for i in range(orphans)})
+    async with reconciler(sim, arq_redis, redis_server) as (_, _, reconcile_pass):
+        first = (await reconcile_pass())["claims_freed"]
+        freed = [first]
+        while sum(freed) < orphans and len(freed) < 20:
+            freed.append((await reconcile_pass())["claims_freed"])
+    assert 0 < first < orphans  # one pass covers a slice of the keyspace...
+    assert sum(freed) == orphans  # ...and the next ones go on from there
+    assert not await arq_redis.keys(keys.room_claim_key("*"))
