@@ -22,6 +22,9 @@ from orchestrator.twirp import TwirpClient
 T = TypeVar("T", bound=Message)
 DISPATCH = "AgentDispatchService"
 ROOMS = "RoomService"
+# Calls that change nothing more when made twice, so a transport may send them again; not
+# CreateDispatch, which would put a second agent in the room.
+REPEATABLE = frozenset({"ListRooms", "ListDispatch", "DeleteDispatch", "DeleteRoom"})
 
 
 class LiveKitGateway:
@@ -43,7 +46,12 @@ class LiveKitGateway:
         code = "ok"
         try:
             return await self._client.call(
-                service, method, request, response, self._tokens.authorization(**video)
+                service,
+                method,
+                request,
+                response,
+                self._tokens.authorization(**video),
+                repeatable=method in REPEATABLE,
             )
         except Exception as exc:
             error = classify(exc, method)

@@ -142,9 +142,19 @@ class TwirpClient:
         self._closed = False
 
     async def call(
-        self, service: str, method: str, request: Message, response_type: type[T], auth: str
+        self,
+        service: str,
+        method: str,
+        request: Message,
+        response_type: type[T],
+        auth: str,
+        *,
+        repeatable: bool = False,
     ) -> T:
-        """`auth` is the Authorization header's value."""
+        """`auth` is the Authorization header's value. A `repeatable` call (one that changes
+        nothing, or nothing more when made twice) is sent again on a new connection when the
+        kept-alive one it went on was closed before any answer; any other call then fails
+        with ClosedBeforeResponse, since LiveKit may have acted on it (RFC 9112, 9.3.1)."""
         body = request.SerializeToString()
         head = (
             f"POST {self._base_path}/twirp/livekit.{service}/{method} HTTP/1.1\r\n"
@@ -162,7 +172,9 @@ class TwirpClient:
         else:
             await self._slots.acquire()
         try:
-            status, answer = await self._exchange(head.encode("latin-1") + body, deadline)
+            status, answer = await self._exchange(
+                head.encode("latin-1") + body, deadline, repeatable
+            )
         finally:
             self._slots.release()
         if status == 200:
@@ -175,17 +187,19 @@ class TwirpClient:
             connection.close()
         self._idle.clear()
 
-    async def _exchange(self, request: bytes, deadline: float) -> tuple[int, bytes]:
+    async def _exchange(
+        self, request: bytes, deadline: float, repeatable: bool
+    ) -> tuple[int, bytes]:
         connection, reused = await self._connection(deadline)
         try:
             answer = await connection.exchange(request, deadline)
         except ClosedBeforeResponse:
             connection.close()
-            if not reused:
+            if not (reused and repeatable):
                 raise
-            # The server closed this idle connection as we sent on it (its idle timeout):
-            # nothing was answered, so the request goes once more on a new connection, with
-            # the same idempotency key.
+            # Most likely the server closed this idle connection as we sent on it (its idle
+            # timeout): the request goes once more on a new connection, with the same
+            # idempotency key.
             connection, _ = await self._connection(deadline, fresh=True)
             try:
                 answer = await connection.exchange(request, deadline)

@@ -24,7 +24,7 @@ from livekit_sim import LiveKitSim
 from orchestrator.api_tokens import ApiTokenSigner
 from orchestrator.errors import classify
 from orchestrator.local_redis import free_port
-from orchestrator.twirp import USER_AGENT, TwirpClient
+from orchestrator.twirp import USER_AGENT, ClosedBeforeResponse, TwirpClient
 from tests.orchestrator.conftest import API_KEY, API_SECRET
 
 CREATE = "AgentDispatchService/CreateDispatch"
@@ -232,11 +232,12 @@ async def test_chunked_answer_is_read_whole() -> None:
     assert (dispatch.id, dispatch.room) == ("AD_test", "room-chunked")
 
 
-async def test_idle_connection_closed_by_the_server_is_replaced() -> None:
-    """A server closes a kept-alive connection when it has been idle too long; the request
-    that finds it closed goes again on a new connection, with the same idempotency key."""
-    request_ids: list[str] = []
-    peers: set[object] = set()
+@contextlib.asynccontextmanager
+async def server_closing_second_requests(
+    request_ids: list[str], peers: set[object]
+) -> AsyncIterator[str]:
+    """A server that answers the first request on each connection and closes the connection
+    on the second, unanswered: a kept-alive connection it closed as the client sent on it."""
     writers: list[asyncio.StreamWriter] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -250,7 +251,7 @@ async def test_idle_connection_closed_by_the_server_is_replaced() -> None:
             )
             body = await reader.readexactly(int(headers["Content-Length"]))
             request_ids.append(headers["X-Livekit-Request-Id"])
-            if answered == 1:  # the second request on a connection: closed unanswered
+            if answered == 1:
                 writer.close()
                 return
             answer = dispatch_for(body).SerializeToString()
@@ -259,21 +260,55 @@ async def test_idle_connection_closed_by_the_server_is_replaced() -> None:
             answered += 1
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = client_for(f"http://127.0.0.1:{port}")
     try:
-        first = await create(client, "room-1")
-        second = await create(client, "room-2")
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     finally:
-        await client.aclose()
         for writer in writers:
             writer.close()
         server.close()
         await server.wait_closed()
-    assert (first.room, second.room) == ("room-1", "room-2")
+
+
+async def test_repeatable_call_on_a_connection_the_server_closed_goes_again() -> None:
+    request_ids: list[str] = []
+    peers: set[object] = set()
+    async with server_closing_second_requests(request_ids, peers) as url:
+        client = client_for(url)
+        signer = ApiTokenSigner(API_KEY, API_SECRET)
+        try:
+            await create(client, "room-1")
+            again = await client.call(
+                "AgentDispatchService",
+                "CreateDispatch",  # the stub server answers any call with a dispatch
+                api.CreateAgentDispatchRequest(agent_name="a", room="room-2"),
+                api.AgentDispatch,
+                signer.authorization(roomAdmin=True, room="room-2"),
+                repeatable=True,
+            )
+        finally:
+            await client.aclose()
+    assert again.room == "room-2"
     assert len(request_ids) == 3
-    assert request_ids[1] == request_ids[2]  # the retry of room-2
+    assert request_ids[1] == request_ids[2]  # sent again with the same idempotency key
     assert len(peers) == 2
+
+
+async def test_create_dispatch_is_never_sent_twice_by_the_transport() -> None:
+    """LiveKit may have made the dispatch before the connection closed: the failure goes to
+    the job, whose retry looks for that dispatch before making one."""
+    request_ids: list[str] = []
+    peers: set[object] = set()
+    async with server_closing_second_requests(request_ids, peers) as url:
+        client = client_for(url)
+        try:
+            await create(client, "room-1")
+            with pytest.raises(ClosedBeforeResponse) as raised:
+                await create(client, "room-2")
+        finally:
+            await client.aclose()
+    assert len(request_ids) == 2
+    error = classify(raised.value, "CreateDispatch")
+    assert (error.code, error.retryable) == ("connection", True)
 
 
 async def test_server_that_never_answers_times_out_as_retryable() -> None:
