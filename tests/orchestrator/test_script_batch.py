@@ -94,7 +94,7 @@ async def test_a_dropped_connection_fails_the_batch_in_flight_and_the_next_one_r
 
 
 async def test_a_lingering_call_goes_with_the_next_urgent_one_or_alone_in_time(
-    batcher: ScriptBatcher, arq_redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
+    batcher: ScriptBatcher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     script = batcher.script(INCR_BY)
     await batcher.run(script, ["warm-up"], [1])
