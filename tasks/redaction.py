@@ -3,6 +3,7 @@ data), tokens and secrets never reach a log line."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import MutableMapping
 from typing import Any
@@ -14,12 +15,17 @@ _SECRET_KEYS = re.compile(
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
 
 
+@functools.cache
+def _secret_key(key: str) -> bool:
+    return key != "event" and _SECRET_KEYS.search(key) is not None
+
+
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: drop values of keys that may carry personal data or credentials,
     and mask JWTs that slipped into other values."""
-    for key in list(event):
-        if key != "event" and _SECRET_KEYS.search(key):
+    for key, value in list(event.items()):
+        if _secret_key(key):
             event[key] = REDACTED
-        elif isinstance(event[key], str):
-            event[key] = _JWT.sub(REDACTED, event[key])
+        elif isinstance(value, str) and "eyJ" in value:  # every JWT starts so
+            event[key] = _JWT.sub(REDACTED, value)
     return event
