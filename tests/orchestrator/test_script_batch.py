@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from arq import ArqRedis
+from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError, ResponseError
 
-from orchestrator.script_batch import ScriptBatcher
+from orchestrator.script_batch import ScriptBatcher, _resp
 from tests.support.waiting import eventually
 
 INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
@@ -109,3 +111,13 @@ async def test_a_lingering_call_goes_with_the_next_urgent_one_or_alone_in_time(
     # Alone, it goes when its linger is over.
     assert await batcher.run(script, ["a"], [1], linger_s=0.01) == 2
     assert trips == [2, 1]
+
+
+def test_commands_are_packed_as_redis_py_packs_them() -> None:
+    commands: list[tuple[Any, ...]] = [
+        ("EVALSHA", "0" * 40, 2, "lkd:room:r1", "ünïcode", 0, -7, 2.5, 1_779_000_000_123),
+        ("SCRIPT", "LOAD", b"return 1\x00\xff"),
+    ]
+    assert _resp(commands) == b"".join(Connection().pack_commands(commands))
+    with pytest.raises(TypeError, match="cannot send NoneType"):
+        _resp([("EVALSHA", None)])
