@@ -105,6 +105,8 @@ def worker_settings(settings: Settings | None = None) -> dict[str, Any]:
         "max_jobs": settings.max_jobs,
         "job_timeout": timeout,
         "keep_result": 3600,
+        # arq's per-job lines are off (logs.configure); this spares building the result's.
+        "log_results": False,
         "health_check_interval": 10,
         "job_completion_wait": int(timeout),
     }
