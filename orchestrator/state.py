@@ -145,6 +145,7 @@ class SessionStore:
         self.event_retention_s = event_retention_s
         self.record_linger_s = record_linger_s
         self.first_check_ms = int(first_check_s * 1000)
+        self._schedule_complete = False
         self.scripts = ScriptBatcher(redis)
         self._claim = self.scripts.script(_CLAIM)
         self._file = self.scripts.script(_FILE_REPORT)
@@ -317,12 +318,16 @@ class SessionStore:
     async def due_sessions(self, now: int) -> list[str]:
         """Live sessions reconciliation should look at by `now` (unix ms), most overdue first.
 
-        Sessions claimed by a version without the schedule join it (due at once) first."""
-        await self.redis.zunionstore(
-            keys.RECONCILE_DUE,
-            {keys.RECONCILE_DUE: 1, keys.LIVE_SESSIONS: 0},
-            aggregate="MAX",
-        )
+        On this store's first call, live sessions without a schedule (claimed by a version
+        before it) join it, due at once: once, since it blocks Redis for a while on a big set,
+        and every claim since schedules its session."""
+        if not self._schedule_complete:
+            await self.redis.zunionstore(
+                keys.RECONCILE_DUE,
+                {keys.RECONCILE_DUE: 1, keys.LIVE_SESSIONS: 0},
+                aggregate="MAX",
+            )
+            self._schedule_complete = True
         return [text(s) for s in await self.redis.zrangebyscore(keys.RECONCILE_DUE, "-inf", now)]
 
     async def schedule_checks(self, due: dict[str, int]) -> None:
