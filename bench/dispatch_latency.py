@@ -248,6 +248,25 @@ async def wait_for_results(
         await asyncio.sleep(interval_s)
 
 
+def backlog_release(count: int) -> datetime:
+    """When a backlog of `count` events enqueued from now on can all be waiting."""
+    return datetime.now(UTC) + timedelta(seconds=0.5 + count / 800)
+
+
+async def enqueue_backlog(
+    count: int, send: Callable[[int], Awaitable[Any]], release: datetime
+) -> None:
+    """Enqueue items 0..count-1 (each due at `release`), 200 at a time, then wait for
+    `release`: the worker finds the whole backlog waiting at once."""
+    for start in range(0, count, 200):
+        await asyncio.gather(*(send(i) for i in range(start, min(start + 200, count))))
+    overrun_s = (datetime.now(UTC) - release).total_seconds()
+    if overrun_s > 0:
+        print(f"  note: enqueuing the backlog overran its release by {overrun_s:.2f} s")
+    else:
+        await asyncio.sleep(-overrun_s)
+
+
 async def results(redis: ArqRedis, result_keys: list[str]) -> dict[str, Any]:
     """Job results (arq's `r`) by result key; missing ones absent."""
     out: dict[str, Any] = {}
@@ -436,16 +455,10 @@ async def run_orchestrator(
         phases.append((f"{rate}/s level", offered.sent_ns[0] / 1e9, time.time()))
 
     # Sustained: a backlog released at once.
-    release = datetime.now(UTC) + timedelta(seconds=0.5 + args.backlog / 800)
+    release = backlog_release(args.backlog)
     backlog = [dispatch_request(f"b-{run}-{i}", release) for i in range(args.backlog)]
     all_requests += backlog
-    for i in range(0, len(backlog), 200):
-        await asyncio.gather(*(enqueue_dispatch(redis, r) for r in backlog[i : i + 200]))
-    overrun_s = (datetime.now(UTC) - release).total_seconds()
-    if overrun_s > 0:
-        print(f"  note: enqueuing the backlog overran its release by {overrun_s:.2f} s")
-    else:
-        await asyncio.sleep(-overrun_s)
+    await enqueue_backlog(len(backlog), lambda i: enqueue_dispatch(redis, backlog[i]), release)
     meter = CpuMeter({"worker": proc.pid, "redis": redis_pid, "sim": sim_pid})
     result_keys = [dispatch_result_key(r) for r in backlog]
     done = await wait_for_results(redis, result_keys, args.drain_deadline_s, proc, 0.05)
@@ -560,15 +573,9 @@ async def run_noop(
             total - done,
         )
 
-    release = datetime.now(UTC) + timedelta(seconds=0.5 + args.backlog / 800)
+    release = backlog_release(args.backlog)
     backlog = [f"b-{run}-{i}" for i in range(args.backlog)]
-    for i in range(0, len(backlog), 200):
-        await asyncio.gather(*(enqueue(j, release) for j in backlog[i : i + 200]))
-    overrun_s = (datetime.now(UTC) - release).total_seconds()
-    if overrun_s > 0:
-        print(f"  note: enqueuing the backlog overran its release by {overrun_s:.2f} s")
-    else:
-        await asyncio.sleep(-overrun_s)
+    await enqueue_backlog(len(backlog), lambda i: enqueue(backlog[i], release), release)
     meter = CpuMeter({"worker": proc.pid, "redis": redis_pid})
     done = await wait_for_results(
         redis, [result_key(j) for j in backlog], args.drain_deadline_s, proc, 0.05

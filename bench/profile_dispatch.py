@@ -18,15 +18,16 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench.dispatch_latency import (
     Cpus,
     Procs,
     arq_command,
+    backlog_release,
     dispatch_request,
     dispatch_result_key,
+    enqueue_backlog,
     orchestrator_env,
     sim_command,
     wait_for_results,
@@ -92,13 +93,11 @@ async def drain(args: argparse.Namespace, procs: Procs, cpus: Cpus, sim_url: str
         ready = dispatch_request(f"ready-{time.time_ns()}")
         await enqueue_dispatch(redis, ready)
         await wait_for_results(redis, [dispatch_result_key(ready)], 60, proc)
-        release = datetime.now(UTC) + timedelta(seconds=1 + args.backlog / 800)
+        release = backlog_release(args.backlog)
         backlog = [
             dispatch_request(f"p-{time.time_ns()}-{i}", release) for i in range(args.backlog)
         ]
-        for i in range(0, len(backlog), 200):
-            await asyncio.gather(*(enqueue_dispatch(redis, r) for r in backlog[i : i + 200]))
-        await asyncio.sleep(max(0.0, (release - datetime.now(UTC)).total_seconds()))
+        await enqueue_backlog(len(backlog), lambda i: enqueue_dispatch(redis, backlog[i]), release)
         record = [spy, "record", "--pid", str(proc.pid), "--rate", "500"]
         spy_proc = procs.start(
             "py-spy", cpus.pin([*record, "--format", "raw", "-o", args.raw], cpus.producer)
