@@ -40,7 +40,7 @@ from tasks import create_redis, enqueue_dispatch
 STEPS = [
     ("dispatch: claim (Lua)", "claim (orchestrator/state.py"),
     ("dispatch: CreateDispatch (HTTP)", "create_dispatch (orchestrator/"),
-    ("dispatch: Redis scripts (batched)", "orchestrator/script_batch.py"),
+    ("dispatch: Redis scripts (pipelined)", "orchestrator/script_pipe.py"),
     ("dispatch: mark_dispatched (Lua)", "mark_dispatched (orchestrator/state.py"),
     ("dispatch: enqueue confirm job (arq)", "enqueue_job (arq/connections.py"),
     ("dispatch: logging (structlog)", "structlog/"),

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
-from orchestrator.script_batch import ScriptBatcher
+from orchestrator.script_pipe import ScriptPipe
 from tasks import keys
 from tasks.connection import text
 from tasks.models import SessionReport
@@ -146,7 +146,7 @@ class SessionStore:
         self.record_linger_s = record_linger_s
         self.first_check_ms = int(first_check_s * 1000)
         self._schedule_complete = False
-        self.scripts = ScriptBatcher(redis)
+        self.scripts = ScriptPipe(redis)
         self._claim = self.scripts.script(_CLAIM)
         self._file = self.scripts.script(_FILE_REPORT)
         self._release = self.scripts.script(_RELEASE)
@@ -226,7 +226,7 @@ class SessionStore:
     ) -> bool:
         """Record the session's (new) dispatch and queue its `attempt`-th assignment check
         `check_in_s` from now; False when the session no longer waits for a dispatch. The
-        record may linger up to `record_linger_s` to share a round trip (script_batch)."""
+        record may linger up to `record_linger_s` to share a write (script_pipe)."""
         now = now_ms()
         job_id = keys.confirm_job_id(session_id, dispatch_id)
         body = job_body(keys.CONFIRM_ASSIGNMENT, [session_id, dispatch_id, attempt], enqueue_ms=now)

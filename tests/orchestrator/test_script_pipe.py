@@ -1,0 +1,202 @@
+"""Lua scripts of concurrent callers share writes on one pipelined connection, and each
+caller still gets its own answer or error, through a lost script cache, a dropped
+connection, an authenticated connection to another database, and the pool's close."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from arq import ArqRedis
+from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
+from redis.exceptions import ConnectionError, ResponseError
+
+from orchestrator.local_redis import LocalRedis
+from orchestrator.script_pipe import ScriptPipe, _resp
+from tests.support.waiting import eventually
+
+INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+FAIL_ON_NEGATIVE = """
+if tonumber(ARGV[1]) < 0 then return redis.error_reply('negative: ' .. ARGV[1]) end
+return ARGV[1]
+"""
+
+
+@pytest.fixture
+async def pipe(arq_redis: ArqRedis) -> AsyncIterator[ScriptPipe]:
+    scripts = ScriptPipe(arq_redis)
+    yield scripts
+    await scripts.aclose()
+
+
+class _CountingTransport:
+    """Stands in front of the pipe's transport and counts the scripts of each write."""
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self.writes: list[int] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data.count(b"\r\nEVAL"))
+        self._transport.write(data)
+
+    def close(self) -> None:
+        self._transport.close()
+
+
+async def count_writes(pipe: ScriptPipe) -> list[int]:
+    """From now on, the number of scripts in each write the pipe makes (it is connected)."""
+    counting = _CountingTransport(pipe._transport)
+    pipe._transport = counting  # type: ignore[assignment]
+    return counting.writes
+
+
+async def test_calls_of_one_turn_go_in_one_write_and_get_their_own_replies(
+    pipe: ScriptPipe, arq_redis: ArqRedis
+) -> None:
+    script = pipe.script(INCR_BY)
+    await pipe.run(script, ["warm-up"], [1])  # connected, and the server knows the script
+    writes = await count_writes(pipe)
+    replies = await asyncio.gather(
+        *(pipe.run(script, [f"counter-{i % 7}"], [i]) for i in range(100))
+    )
+    assert writes == [100]
+    # Each caller got the counter value its own INCRBY produced: replies of the same counter
+    # rise by exactly the caller's increment.
+    for counter in range(7):
+        mine = [(i, replies[i]) for i in range(100) if i % 7 == counter]
+        assert all(b[1] - a[1] == b[0] for a, b in itertools.pairwise(mine))
+        assert int(await arq_redis.get(f"counter-{counter}")) == sum(i for i, _ in mine)
+
+
+async def test_calls_do_not_wait_for_the_replies_in_flight(pipe: ScriptPipe) -> None:
+    script = pipe.script(INCR_BY)
+    await pipe.run(script, ["warm-up"], [1])
+    writes = await count_writes(pipe)
+    first = asyncio.ensure_future(pipe.run(script, ["k"], [1]))
+    await eventually(lambda: writes == [1], what="the first call written")
+    second = asyncio.ensure_future(pipe.run(script, ["k"], [1]))
+    await eventually(lambda: writes == [1, 1], what="the second call written")
+    assert sorted([await first, await second]) == [1, 2]
+
+
+async def test_a_failing_script_fails_only_its_caller(pipe: ScriptPipe) -> None:
+    script = pipe.script(FAIL_ON_NEGATIVE)
+    results = await asyncio.gather(
+        *(pipe.run(script, [], [n]) for n in (1, -2, 3)), return_exceptions=True
+    )
+    assert results[0] == b"1"
+    assert isinstance(results[1], ResponseError)
+    assert "negative: -2" in str(results[1])
+    assert results[2] == b"3"
+
+
+async def test_an_argument_redis_cannot_take_fails_its_caller_at_once(pipe: ScriptPipe) -> None:
+    script = pipe.script(INCR_BY)
+    with pytest.raises(TypeError, match="cannot send NoneType"):
+        await pipe.run(script, ["k"], [None])
+    assert await pipe.run(script, ["k"], [1]) == 1
+
+
+async def test_scripts_run_after_the_server_lost_its_script_cache(
+    pipe: ScriptPipe, arq_redis: ArqRedis
+) -> None:
+    script = pipe.script(INCR_BY)
+    assert await pipe.run(script, ["k"], [1]) == 1
+    await arq_redis.script_flush()
+    replies = await asyncio.gather(*(pipe.run(script, ["k"], [1]) for _ in range(3)))
+    assert sorted(replies) == [2, 3, 4]
+    assert await arq_redis.script_exists(script.sha) == [True]
+
+
+async def test_a_dropped_connection_fails_the_calls_in_flight_and_the_next_one_reconnects(
+    pipe: ScriptPipe, arq_redis: ArqRedis
+) -> None:
+    script = pipe.script(INCR_BY)
+    assert await pipe.run(script, ["k"], [1]) == 1
+    # Redis holds scripts while clients are paused for writes: the call stays in flight.
+    await arq_redis.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+    try:
+        in_flight = asyncio.ensure_future(pipe.run(script, ["k"], [1]))
+        await eventually(lambda: len(pipe._sent) == 1, what="the call in flight")
+        await arq_redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        with pytest.raises(ConnectionError, match="lost before the script's reply"):
+            await in_flight
+    finally:
+        await arq_redis.execute_command("CLIENT", "UNPAUSE")
+    assert await pipe.run(script, ["k"], [1]) == 2
+
+
+async def test_a_lingering_call_goes_with_the_next_urgent_one_or_alone_in_time(
+    pipe: ScriptPipe,
+) -> None:
+    script = pipe.script(INCR_BY)
+    await pipe.run(script, ["warm-up"], [1])
+    writes = await count_writes(pipe)
+    # Lingering for a minute, it goes as soon as a call that cannot wait comes.
+    lingering = asyncio.ensure_future(pipe.run(script, ["a"], [1], linger_s=60))
+    await eventually(lambda: pipe._flush is not None, what="the call lingering")
+    assert not lingering.done()
+    assert await pipe.run(script, ["b"], [1]) == 1
+    assert await lingering == 1
+    assert writes == [2]
+    # Alone, it goes when its linger is over.
+    assert await pipe.run(script, ["a"], [1], linger_s=0.01) == 2
+    assert writes == [2, 1]
+
+
+async def test_close_answers_the_calls_made_and_gives_the_connection_back(
+    arq_redis: ArqRedis,
+) -> None:
+    pipe = ScriptPipe(arq_redis)
+    script = pipe.script(INCR_BY)
+    calls = [asyncio.ensure_future(pipe.run(script, ["k"], [1], linger_s=60)) for _ in range(3)]
+    await eventually(lambda: pipe._flush is not None, what="the calls lingering")
+    await pipe.aclose()
+    assert sorted(call.result() for call in calls) == [1, 2, 3]
+    assert not arq_redis.connection_pool._in_use_connections
+
+
+async def test_closing_the_pool_closes_the_pipe_connection(redis_server: LocalRedis) -> None:
+    client = ArqRedis.from_url(redis_server.url)
+    pipe = ScriptPipe(client)
+    script = pipe.script(INCR_BY)
+    assert await pipe.run(script, ["pool-close"], [1]) == 1
+    await asyncio.wait_for(client.aclose(), timeout=5)
+    await eventually(lambda: pipe._transport is None, what="the pipe's connection closed")
+
+
+async def test_an_authenticated_connection_to_another_database(
+    redis_server: LocalRedis, arq_redis: ArqRedis
+) -> None:
+    await arq_redis.execute_command(
+        "ACL", "SETUSER", "pipe-user", "on", ">pipe-secret", "~*", "&*", "+@all"
+    )
+    url = f"redis://pipe-user:pipe-secret@127.0.0.1:{redis_server.port}/3"
+    client = ArqRedis.from_url(url)
+    pipe = ScriptPipe(client)
+    try:
+        assert await pipe.run(pipe.script(INCR_BY), ["in-db-3"], [5]) == 5
+        in_db_3: Redis = Redis.from_url(f"redis://127.0.0.1:{redis_server.port}/3")
+        assert await in_db_3.get("in-db-3") == b"5"
+        assert await arq_redis.get("in-db-3") is None  # not database 0
+        await in_db_3.flushdb()
+        await in_db_3.aclose()
+    finally:
+        await pipe.aclose()
+        await client.aclose()
+        await arq_redis.execute_command("ACL", "DELUSER", "pipe-user")
+
+
+def test_commands_are_packed_as_redis_py_packs_them() -> None:
+    commands: list[tuple[Any, ...]] = [
+        ("EVALSHA", "0" * 40, 2, "lkd:room:r1", "ünïcode", 0, -7, 2.5, 1_779_000_000_123),
+        ("SCRIPT", "LOAD", b"return 1\x00\xff"),
+    ]
+    assert _resp(commands) == b"".join(Connection().pack_commands(commands))
+    with pytest.raises(TypeError, match="cannot send bool"):
+        _resp([("EVALSHA", True)])
