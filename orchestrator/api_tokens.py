@@ -25,6 +25,7 @@ def _b64url(data: bytes) -> bytes:
 
 
 _HEADER = _b64url(b'{"alg":"HS256","typ":"JWT"}')
+_CLAIMS_JSON = json.JSONEncoder(separators=(",", ":"))  # built once, not per token
 
 
 class ApiTokenSigner:
@@ -42,6 +43,6 @@ class ApiTokenSigner:
             "nbf": now,
             "exp": now + TOKEN_TTL_S,
         }
-        signing_input = _HEADER + b"." + _b64url(json.dumps(claims, separators=(",", ":")).encode())
-        signature = _b64url(hmac.new(self._secret, signing_input, hashlib.sha256).digest())
+        signing_input = _HEADER + b"." + _b64url(_CLAIMS_JSON.encode(claims).encode())
+        signature = _b64url(hmac.digest(self._secret, signing_input, hashlib.sha256))
         return "Bearer " + (signing_input + b"." + signature).decode()

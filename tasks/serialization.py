@@ -35,8 +35,12 @@ def _default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+# Built once: json.dumps with options builds an encoder per call, a third of its time here.
+_ENCODER = json.JSONEncoder(default=_default, separators=(",", ":"))
+
+
 def serialize(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, default=_default, separators=(",", ":")).encode()
+    return _ENCODER.encode(data).encode()
 
 
 def job_body(function: str, args: list[Any], *, enqueue_ms: int) -> bytes:

@@ -201,15 +201,23 @@ async def test_request_carries_livekit_api_headers_and_url_path() -> None:
         client = client_for(url + "/behind/a/proxy/")
         try:
             dispatch = await create(client, "room-h")
+            await create(client, "room-i")
         finally:
             await client.aclose()
+        other_client = client_for(url)
+        try:
+            await create(other_client, "room-j")
+        finally:
+            await other_client.aclose()
     assert dispatch.room == "room-h"
-    [request] = seen
+    request = seen[0]
     assert request.path == "/behind/a/proxy/twirp/livekit.AgentDispatchService/CreateDispatch"
     assert request.headers["Content-Type"] == "application/protobuf"
     assert request.headers["User-Agent"] == USER_AGENT
     assert request.headers["Authorization"].startswith("Bearer ey")
     assert len(request.headers["X-Livekit-Request-Id"]) == 36
+    # An idempotency key per request: no two alike, in one client or across clients.
+    assert len({r.headers["X-Livekit-Request-Id"] for r in seen}) == 3
 
 
 async def test_chunked_answer_is_read_whole() -> None:
