@@ -12,8 +12,9 @@ A pass looks only at the sessions that are due (`keys.RECONCILE_DUE`): each visi
 the next one for when a rule could next apply (a heartbeat going stale, a claim growing old),
 and no later than `Settings.session_check_every_s`, since nothing detected after a visit can
 fire sooner. Room claims are swept for orphans a bounded slice of the keyspace per pass. What
-a pass reads, it reads in pipelined pages (sessions with their heartbeats, room claims with
-their holders' status); only sessions that need something done cost a call of their own.
+a pass reads, it reads in pages, each one script (sessions with their heartbeats; room claims
+checked against their holders' status and freed in Redis); only sessions that need something
+done cost a call of their own. Pages are small, so dispatches go on between them.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from tasks.connection import text
 log = structlog.get_logger("orchestrator.reconcile")
 
 
-PAGE = 500
+PAGE = 200
+SCAN_COUNT = 500
 SWEEP_KEYS_PER_PASS = 20_000  # of the whole keyspace, where SCAN finds the room claims
 
 
@@ -72,17 +74,8 @@ async def _read_sessions(
     c: Context, session_ids: list[str]
 ) -> list[tuple[dict[str, str] | None, int | None]]:
     """Each session's record (None when gone) and its agent's last heartbeat, in one trip."""
-    async with c.redis.pipeline(transaction=False) as pipe:
-        for session_id in session_ids:
-            pipe.hgetall(keys.session_key(session_id))
-            pipe.get(keys.agent_heartbeat_key(session_id))
-        replies = await pipe.execute()
     return [
-        (
-            {text(k): text(v) for k, v in record.items()} if record else None,
-            heartbeat.beat_ms(beat),
-        )
-        for record, beat in zip(replies[::2], replies[1::2], strict=True)
+        (session, heartbeat.beat_ms(beat)) for session, beat in await c.store.read_live(session_ids)
     ]
 
 
@@ -246,30 +239,13 @@ async def free_orphan_claims(c: Context) -> int:
     Each pass goes on where the last stopped and covers about SWEEP_KEYS_PER_PASS keys of the
     database: all of a small one, a big one over several passes."""
     freed = 0
-    prefix = len(keys.room_claim_key(""))
     cursor = int(await c.redis.get(keys.CLAIM_SWEEP_CURSOR) or 0)
-    for _ in range(SWEEP_KEYS_PER_PASS // 1000):
-        cursor, claim_keys = await c.redis.scan(cursor, match=keys.room_claim_key("*"), count=1000)
-        freed += await _free_orphans(c, [(text(k)[prefix:], k) for k in claim_keys])
+    for _ in range(SWEEP_KEYS_PER_PASS // SCAN_COUNT):
+        cursor, claim_keys = await c.redis.scan(
+            cursor, match=keys.room_claim_key("*"), count=SCAN_COUNT
+        )
+        freed += await c.store.free_orphan_claims([text(k) for k in claim_keys])
         if cursor == 0:
             break
     await c.redis.set(keys.CLAIM_SWEEP_CURSOR, cursor)
-    return freed
-
-
-async def _free_orphans(c: Context, claims: list[tuple[str, bytes]]) -> int:
-    """Of these (room, claim key), free those whose session is terminal or gone."""
-    freed = 0
-    claim_keys = [key for _, key in claims]
-    if not claim_keys:
-        return 0
-    holders = await c.redis.mget(claim_keys)
-    held = [(room, text(h)) for (room, _), h in zip(claims, holders, strict=True) if h]
-    async with c.redis.pipeline(transaction=False) as pipe:
-        for _, sid in held:
-            pipe.hget(keys.session_key(sid), "status")
-        statuses = await pipe.execute()
-    for (room, sid), status in zip(held, statuses, strict=True):
-        if (status is None or text(status) in TERMINAL) and await c.store.release_claim(room, sid):
-            freed += 1
     return freed

@@ -116,6 +116,33 @@ for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
+# KEYS: n session keys, then their n agent heartbeat keys. Each session's fields (flat, empty
+# when gone) and its heartbeat (nil when none), for a reconciliation page in one step.
+_READ_SESSIONS = """
+local n, out = #KEYS / 2, {}
+for i = 1, n do
+  out[i] = {redis.call('HGETALL', KEYS[i]), redis.call('GET', KEYS[n + i])}
+end
+return out
+"""
+
+# KEYS: room claims; ARGV: session key prefix. Frees each claim whose session is terminal or
+# gone (a crash between steps); the number freed.
+_FREE_ORPHAN_CLAIMS = """
+local freed = 0
+for _, claim in ipairs(KEYS) do
+  local holder = redis.call('GET', claim)
+  if holder then
+    local status = redis.call('HGET', ARGV[1] .. holder, 'status')
+    if not status or status == 'completed' or status == 'failed' or status == 'lost' then
+      redis.call('DEL', claim)
+      freed = freed + 1
+    end
+  end
+end
+return freed
+"""
+
 ClaimKind = Literal["claimed", "resume", "deduplicated", "duplicate_event"]
 
 
@@ -152,6 +179,8 @@ class SessionStore:
         self._release = self.scripts.script(_RELEASE)
         self._transition = self.scripts.script(_TRANSITION)
         self._mark_dispatched = self.scripts.script(_MARK_DISPATCHED)
+        self._read_sessions = self.scripts.script(_READ_SESSIONS)
+        self._free_orphan_claims = self.scripts.script(_FREE_ORPHAN_CLAIMS)
 
     async def claim(
         self,
@@ -302,6 +331,32 @@ class SessionStore:
         )
         return bool(filed)
 
+    async def read_live(
+        self, session_ids: list[str]
+    ) -> list[tuple[dict[str, str] | None, bytes | None]]:
+        """Each session's record (None when gone) and its agent's last heartbeat value."""
+        if not session_ids:
+            return []
+        replies = await self.scripts.run(
+            self._read_sessions,
+            keys=[
+                *map(keys.session_key, session_ids),
+                *map(keys.agent_heartbeat_key, session_ids),
+            ],
+            args=[],
+        )
+        return [(_fields(flat) if flat else None, beat) for flat, beat in replies]
+
+    async def free_orphan_claims(self, claim_keys: list[str]) -> int:
+        """Of these room claim keys, delete those whose session is terminal or gone."""
+        if not claim_keys:
+            return 0
+        return int(
+            await self.scripts.run(
+                self._free_orphan_claims, keys=claim_keys, args=[keys.session_key("")]
+            )
+        )
+
     async def get(self, session_id: str) -> dict[str, str] | None:
         raw = await self.redis.hgetall(keys.session_key(session_id))  # type: ignore[misc]
         return {text(k): text(v) for k, v in raw.items()} if raw else None
@@ -346,3 +401,9 @@ class SessionStore:
     async def live_sessions(self, older_than_ms: int | None = None) -> list[str]:
         top = "+inf" if older_than_ms is None else older_than_ms
         return [text(s) for s in await self.redis.zrangebyscore(keys.LIVE_SESSIONS, "-inf", top)]
+
+
+def _fields(flat: list[bytes]) -> dict[str, str]:
+    """A hash as HGETALL answers it inside a script (field, value, field, value, ...)."""
+    pairs = iter(flat)
+    return {name.decode(): value.decode() for name, value in zip(pairs, pairs, strict=True)}
