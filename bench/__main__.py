@@ -10,6 +10,7 @@ BENCHMARKS = [
     "bench.sim_rps",
     "bench.dispatch_latency",
     "bench.time_to_agent",
+    "bench.reconcile_pass",
 ]
 
 
