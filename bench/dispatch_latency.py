@@ -22,7 +22,7 @@ job on the same machine in the same run. Prints the figures and the targets of i
   the two alternating) and are compared by their medians: on a shared machine one such
   figure moves by 15-25 % from one minute to the next, more than the margin it is judged by.
 
-    .venv/bin/python -m bench.dispatch_latency [--measure-s 4] [--backlog 3000] [--rounds 3]
+    .venv/bin/python -m bench.dispatch_latency [--measure-s 4] [--backlog 3000] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -727,7 +727,7 @@ def main() -> int:
     parser.add_argument("--measure-s", type=float, default=4.0)
     parser.add_argument("--backlog", type=int, default=3000)
     parser.add_argument(
-        "--rounds", type=int, default=3, help="sustained rounds of each, for their medians"
+        "--rounds", type=int, default=5, help="sustained rounds of each, for their medians"
     )
     parser.add_argument("--noop-rate", type=int, default=200)
     parser.add_argument("--drain-deadline-s", type=float, default=30.0)

@@ -164,6 +164,35 @@ async def test_claim_left_by_a_terminal_session_is_freed(
     await eventually(freed, timeout_s=5, what="claim freed")
 
 
+async def test_a_claim_left_behind_does_not_keep_the_room_from_its_next_session(
+    arq_redis: ArqRedis,
+) -> None:
+    """Why sweeping orphan claims can be slow housekeeping: the claim script takes over a
+    claim whose session has ended, or whose record is gone."""
+    sessions = store(arq_redis)
+    try:
+        for holder, ended in (("S_ended", True), ("S_vanished", False)):
+            first = await sessions.claim(
+                session_id=holder, generation=0, event_id=f"e-{holder}", room="r-left",
+                agent_name="support-agent", enqueued_ms=0,
+            )  # fmt: skip
+            assert first.kind == "claimed"
+            if ended:
+                assert await sessions.file_report(agent_report(holder, "r-left"))
+            else:
+                await arq_redis.delete(f"lkd:session:{holder}")
+            await arq_redis.set("lkd:room:r-left", holder)  # a crash between steps
+            nxt = await sessions.claim(
+                session_id=f"{holder}-next", generation=0, event_id=f"e-{holder}-next",
+                room="r-left", agent_name="support-agent", enqueued_ms=0,
+            )  # fmt: skip
+            assert (nxt.kind, nxt.session_id) == ("claimed", f"{holder}-next")
+            assert await sessions.room_holder("r-left") == f"{holder}-next"
+            await sessions.file_report(agent_report(f"{holder}-next", "r-left"))
+    finally:
+        await sessions.scripts.aclose()
+
+
 async def test_lost_assignment_check_is_restored_by_reconciliation(
     sim: LiveKitSim, arq_redis: ArqRedis, orchestrator: Worker
 ) -> None:
