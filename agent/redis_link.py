@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 
 from agent.log import get_logger
 from tasks.connection import create_redis
-from tasks.heartbeat import beat
+from tasks.heartbeat import AgentJob, beat
 
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 """What a Redis call raises when the server is unreachable or slow: worth another try."""
@@ -44,12 +44,16 @@ class RedisLink:
 
 class Heartbeat:
     """Refreshes the session's heartbeat key every `interval_s` until stopped; the
-    orchestrator's reconciliation takes a stale heartbeat as the agent gone without a report."""
+    orchestrator's reconciliation takes a stale heartbeat as the agent gone without a report.
+    The first beat that lands also names `job`, which confirms the dispatch's assignment."""
 
-    def __init__(self, link: RedisLink, session_id: str, interval_s: float) -> None:
+    def __init__(
+        self, link: RedisLink, session_id: str, interval_s: float, job: AgentJob | None = None
+    ) -> None:
         self._link = link
         self._session_id = session_id
         self._interval_s = interval_s
+        self._job = job
         self._task: asyncio.Task[None] | None = None
         self._first_attempt = asyncio.Event()
 
@@ -74,7 +78,8 @@ class Heartbeat:
         while True:
             try:
                 redis = await asyncio.wait_for(self._link.get(), self._interval_s)
-                await asyncio.wait_for(beat(redis, self._session_id), self._interval_s)
+                await asyncio.wait_for(beat(redis, self._session_id, self._job), self._interval_s)
+                self._job = None  # said once
                 if failing:
                     log.info("heartbeat restored")
                 failing = False

@@ -29,6 +29,7 @@ from agent.participants import ParticipantTracker
 from agent.redis_link import Heartbeat, RedisLink
 from agent.report import ReportWriter, build_report
 from agent.settings import AgentSettings, load_settings
+from tasks.heartbeat import AgentJob
 from tasks.models import JobMetadata, SessionReport
 
 JOIN_CHECK_INTERVAL_S = 0.1
@@ -86,7 +87,12 @@ class Session:
         self.outcome: Outcome | None = None
         self.handler_task: asyncio.Task[None] | None = None
         self.link = RedisLink(settings.redis_url)
-        self.heartbeat = Heartbeat(self.link, self.session_id, settings.heartbeat_interval_s)
+        self.heartbeat = Heartbeat(
+            self.link,
+            self.session_id,
+            settings.heartbeat_interval_s,
+            AgentJob(dispatch_id=ctx.job.dispatch_id, job_id=ctx.job.id, worker_id=ctx.worker_id),
+        )
         self.writer = ReportWriter(self.link, session_id=self.session_id, job_id=ctx.job.id)
         self.report: SessionReport | None = None
         self.log_fields = {

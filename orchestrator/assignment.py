@@ -1,6 +1,10 @@
 """Assignment confirmation: LiveKit drops a dispatch that no worker takes, silently. Some
 seconds after each dispatch we look; an unassigned one is replaced, and after the configured
-number of attempts the session fails with a reason that names the agent_name."""
+number of attempts the session fails with a reason that names the agent_name.
+
+Where the agent already said which job it took for this dispatch (our agent does, with its
+first heartbeat: `tasks.heartbeat`), that settles it without a call to LiveKit; otherwise
+ListDispatch tells."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from orchestrator.context import Context, of
 from orchestrator.errors import LiveKitError
 from orchestrator.sessions import fail_session
 from orchestrator.state import now_ms
-from tasks import keys
+from tasks import heartbeat, keys
 from tasks.models import JobMetadata
 
 log = structlog.get_logger("orchestrator.assignment")
@@ -36,6 +40,11 @@ async def confirm_assignment(
         session_id=session_id, room=room, dispatch_id=dispatch_id
     )
     try:
+        taken = (
+            await heartbeat.agent_job(c.redis, session_id) if c.settings.agent_heartbeats else None
+        )
+        if taken is not None and taken.dispatch_id == dispatch_id:
+            return await _assigned(c, session_id, taken.job_id, taken.worker_id, "agent")
         try:
             dispatches = await c.livekit.room_dispatches(room)
         except LiveKitError as exc:
@@ -45,19 +54,25 @@ async def confirm_assignment(
         ours = next((d for d in dispatches if d.id == dispatch_id), None)
         if ours is not None and ours.state.jobs:
             job = ours.state.jobs[0]
-            await c.store.transition(
-                session_id,
-                ("dispatched",),
-                status="assigned",
-                job_id=job.id,
-                worker_id=job.state.worker_id,
-                assigned_at=now_ms(),
-            )
-            log.info("assignment confirmed", job_id=job.id, worker_id=job.state.worker_id)
-            return {"outcome": "assigned", "job_id": job.id}
+            return await _assigned(c, session_id, job.id, job.state.worker_id, "livekit")
         return await _not_assigned(ctx, session, attempt, dispatch_present=ours is not None)
     finally:
         structlog.contextvars.clear_contextvars()
+
+
+async def _assigned(
+    c: Context, session_id: str, job_id: str, worker_id: str, seen_by: str
+) -> dict[str, Any]:
+    await c.store.transition(
+        session_id,
+        ("dispatched",),
+        status="assigned",
+        job_id=job_id,
+        worker_id=worker_id,
+        assigned_at=now_ms(),
+    )
+    log.info("assignment confirmed", job_id=job_id, worker_id=worker_id, seen_by=seen_by)
+    return {"outcome": "assigned", "job_id": job_id, "seen_by": seen_by}
 
 
 async def _not_assigned(

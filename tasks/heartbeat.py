@@ -1,20 +1,50 @@
-"""The agent's sign of life for a session, read by the orchestrator's reconciliation."""
+"""The agent's sign of life for a session, read by the orchestrator: reconciliation takes a
+stale heartbeat for an agent gone, and the assignment check takes the job named with the first
+beat for the dispatch assigned."""
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import asdict, dataclass
 
 from redis.asyncio import Redis
 
-from tasks.keys import agent_heartbeat_key
+from tasks.keys import agent_heartbeat_key, agent_job_key
 
 HEARTBEAT_TTL_S = 24 * 3600
 
 
-async def beat(redis: Redis, session_id: str) -> None:
-    await redis.set(agent_heartbeat_key(session_id), int(time.time() * 1000), ex=HEARTBEAT_TTL_S)
+@dataclass(frozen=True)
+class AgentJob:
+    """The LiveKit job an agent runs a session in."""
+
+    dispatch_id: str
+    job_id: str
+    worker_id: str
+
+
+async def beat(redis: Redis, session_id: str, job: AgentJob | None = None) -> None:
+    """Refresh the session's heartbeat; with `job` (the first beat), also say which job runs
+    it, in the same step."""
+    now_ms = int(time.time() * 1000)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.set(agent_heartbeat_key(session_id), now_ms, ex=HEARTBEAT_TTL_S)
+        if job is not None:
+            pipe.set(agent_job_key(session_id), json.dumps(asdict(job)), ex=HEARTBEAT_TTL_S)
+        await pipe.execute()
 
 
 def beat_ms(value: bytes | str | None) -> int | None:
     """The time (unix ms) a heartbeat key's value says, None for no heartbeat."""
     return int(value) if value is not None else None
+
+
+async def agent_job(redis: Redis, session_id: str) -> AgentJob | None:
+    """The job the session's agent said it took, if it did (and said it readably)."""
+    raw = await redis.get(agent_job_key(session_id))
+    try:
+        fields = json.loads(raw) if raw is not None else None
+        return AgentJob(**fields) if isinstance(fields, dict) else None
+    except (ValueError, TypeError):
+        return None

@@ -90,6 +90,12 @@ def agent_heartbeat_key(session_id: str) -> str:
     return f"{PREFIX}agent-heartbeat:{session_id}"
 
 
+def agent_job_key(session_id: str) -> str:
+    """JSON {dispatch_id, job_id, worker_id}: the job an agent took for a session, written
+    with its first heartbeat; it confirms the dispatch's assignment without asking LiveKit."""
+    return f"{PREFIX}agent-job:{session_id}"
+
+
 def report_filed_key(session_id: str) -> str:
     """Set once the session's terminal report is on the results stream."""
     return f"{PREFIX}report-filed:{session_id}"

@@ -33,6 +33,7 @@ from tasks import (
     recent_results,
     session_id_for,
 )
+from tasks.heartbeat import AgentJob, agent_job
 from tasks.keys import DUPLICATE_REPORTS_STREAM, agent_heartbeat_key, session_key
 from tests.agent.conftest import new_room
 from tests.agent.worker_process import AgentWorker
@@ -165,6 +166,11 @@ async def test_a_killed_agent_is_reported_lost_and_the_room_is_dispatched_again(
     # The orchestrator tells a dead agent by its stale heartbeat: it must have seen one.
     await eventually(
         lambda: queue.exists(agent_heartbeat_key(session_id)), what="the session's heartbeat"
+    )
+    # With its first beat the agent said which job it took: the assignment check reads it.
+    dispatch_id = await queue.hget(session_key(session_id), "dispatch_id")  # type: ignore[misc]
+    assert await agent_job(queue, session_id) == AgentJob(
+        dispatch_id.decode(), started["job_id"], started["worker_id"]
     )
 
     os.kill(started["pid"], signal.SIGKILL)  # the job process: no shutdown code runs

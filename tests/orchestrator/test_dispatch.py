@@ -7,14 +7,19 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from arq import ArqRedis
 from arq.worker import Worker
 
 from livekit_sim import LiveKitSim
 from orchestrator import dead_letters
+from orchestrator.local_redis import LocalRedis
 from orchestrator.state import SessionStore
 from tasks import DispatchRequest, enqueue_dispatch, recent_results, session_id_for
+from tasks.heartbeat import AgentJob, beat
 from tasks.keys import ARQ_RESULT_PREFIX, DEAD_LETTER_STREAM, QUEUE_NAME, dispatch_job_id
+from tests.orchestrator.conftest import RunWorker, make_settings
+from tests.support.fake_worker import AcceptingWorker
 from tests.support.waiting import eventually
 
 CREATE = "AgentDispatchService/CreateDispatch"
@@ -236,6 +241,41 @@ async def test_assignment_is_confirmed_when_a_worker_takes_the_job(
     assert session["job_id"] == taken.id
     assert json.loads(taken.metadata)["session_id"] == session_id
     assert len(sim.calls_to(CREATE)) == 1
+
+
+@pytest.mark.parametrize("names", ["this dispatch", "an earlier dispatch"])
+async def test_assignment_is_confirmed_by_the_agents_word_without_asking_livekit(
+    sim: LiveKitSim,
+    arq_redis: ArqRedis,
+    redis_server: LocalRedis,
+    run_worker: RunWorker,
+    agent_worker: AcceptingWorker,
+    names: str,
+) -> None:
+    settings = make_settings(
+        redis_server, sim, agent_heartbeats=True, assignment_check_delay_s=1.0, report_grace_s=60
+    )
+    await run_worker(settings)
+    job = await enqueue_dispatch(arq_redis, DispatchRequest(event_id="e-said", room="r-said"))
+    result = await job_result(arq_redis, job.job_id)
+    session_id = result["session_id"]
+    # What our agent writes with its first heartbeat, before the check comes.
+    said_dispatch = result["dispatch_id"] if names == "this dispatch" else "AD_earlier"
+    await beat(arq_redis, session_id, AgentJob(said_dispatch, "AJ_said", "AW_said"))
+
+    async def assigned() -> dict[str, str] | None:
+        session = await store(arq_redis).get(session_id)
+        return session if session and session["status"] == "assigned" else None
+
+    session = await eventually(assigned, what="assignment confirmed")
+    asked = [c for c in sim.calls_to("AgentDispatchService/ListDispatch") if c.room == "r-said"]
+    if names == "this dispatch":
+        assert (session["job_id"], session["worker_id"]) == ("AJ_said", "AW_said")
+        assert asked == []
+    else:  # not a word about this dispatch: LiveKit tells
+        [taken] = agent_worker.jobs
+        assert session["job_id"] == taken.id
+        assert len(asked) == 1
 
 
 async def test_dead_letter_replay_dispatches_again(
