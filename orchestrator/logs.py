@@ -31,22 +31,28 @@ class _UtcTimestamp:
     TimeStamper(fmt="iso", utc=True) writes it, formatting each second's date once."""
 
     def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
+        self._second: tuple[int, str] = (-1, "")  # a second and its text, replaced together
 
     def __call__(self, _: Any, __: str, event: MutableMapping[str, Any]) -> Any:
         now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        event["timestamp"] = f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
+        second, text = self._second
+        if int(now) != second:
+            second = int(now)
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, text)
+        event["timestamp"] = f"{text}.{int((now - second) * 1e6):06d}Z"
         return event
 
 
+def _not_json(value: Any) -> Any:
+    """What structlog's JSONRenderer writes for a value JSON cannot hold."""
+    custom = getattr(value, "__structlog__", None)
+    return custom() if callable(custom) else repr(value)
+
+
 # Built once: structlog's JSONRenderer calls json.dumps with options, which builds an encoder
-# for every line. Values JSON cannot hold are written as their repr, as structlog does.
-_JSON_LINE = json.JSONEncoder(default=repr, separators=(",", ":"))
+# for every line. Its output is the same: json.dumps' separators, the same fallback.
+_JSON_LINE = json.JSONEncoder(default=_not_json)
 
 
 def _render_json(_: Any, __: str, event: MutableMapping[str, Any]) -> str:

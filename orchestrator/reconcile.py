@@ -244,7 +244,7 @@ async def free_orphan_claims(c: Context) -> int:
     database: all of a small one, a big one over several passes."""
     freed = 0
     cursor = int(await c.redis.get(keys.CLAIM_SWEEP_CURSOR) or 0)
-    for _ in range(SWEEP_KEYS_PER_PASS // SCAN_COUNT):
+    for _ in range(max(1, SWEEP_KEYS_PER_PASS // SCAN_COUNT)):
         cursor, claim_keys = await c.redis.scan(
             cursor, match=keys.room_claim_key("*"), count=SCAN_COUNT
         )

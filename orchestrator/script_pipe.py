@@ -13,8 +13,9 @@ script linger: it waits up to `linger_s` for company and goes with the next scri
 cannot wait. Under load that rides on another job's claim, in the same write.
 
 The connection is taken from `redis`'s pool, so it is opened, authenticated and set to its
-database as redis-py does for any other; the pipe then reads its socket itself. Closing the
-pool (`redis.aclose()`) closes it too.
+database as redis-py does for any other; the pipe then reads its socket itself. Close the
+pipe (`aclose`) before the pool; closing the pool (`redis.aclose()`) closes its connection
+too, but a call made after that would open another.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class Script:
 
 
 class _Call:
-    __slots__ = ("args", "evalsha", "future", "keys", "script")
+    __slots__ = ("args", "evalsha", "future", "keys", "resent", "script")
 
     def __init__(
         self, script: Script, keys: list[str], args: list[Any], future: asyncio.Future[Any]
@@ -49,6 +50,7 @@ class _Call:
         self.future = future
         # Packed now, so an argument Redis cannot take fails its caller here.
         self.evalsha = _resp([("EVALSHA", script.sha, len(keys), *keys, *args)])
+        self.resent = False  # as EVAL, after the server did not know the script
 
     def eval(self) -> bytes:
         return _resp([("EVAL", self.script.source, len(self.keys), *self.keys, *self.args)])
@@ -68,6 +70,7 @@ class ScriptPipe(asyncio.Protocol):
         self._sent: deque[_Call] = deque()
         self._flush: asyncio.Handle | asyncio.TimerHandle | None = None
         self._flush_soon = False  # the scheduled flush is this turn's, not a linger's end
+        self._closed = False
 
     @staticmethod
     def script(source: str) -> Script:
@@ -79,6 +82,8 @@ class ScriptPipe(asyncio.Protocol):
         """The script's reply; its error as a ResponseError when it failed, ConnectionError
         when the connection failed before the reply came (the script may have run). It is
         written at the end of this turn of the event loop, or within `linger_s`."""
+        if self._closed:
+            raise ConnectionError("the script pipe is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._unsent.append(_Call(script, keys, args, future))
@@ -93,7 +98,8 @@ class ScriptPipe(asyncio.Protocol):
         return await future
 
     async def aclose(self) -> None:
-        """Answer the scripts already called, then give the connection back."""
+        """Answer the scripts already called, then give the connection back; no call after."""
+        self._closed = True
         waiting = [call.future for call in (*self._unsent, *self._sent)]
         if self._unsent:
             self._write()
@@ -108,7 +114,9 @@ class ScriptPipe(asyncio.Protocol):
     # Writing
 
     def _write(self) -> None:
-        self._flush = None
+        if self._flush is not None:
+            self._flush.cancel()  # when called before its time
+            self._flush = None
         self._flush_soon = False
         if not self._unsent:
             return
@@ -117,8 +125,14 @@ class ScriptPipe(asyncio.Protocol):
                 self._connecting = asyncio.create_task(self._connect())
             return  # written once connected
         batch, self._unsent = self._unsent, []
+        try:
+            self._transport.write(b"".join(call.evalsha for call in batch))
+        except Exception as exc:  # a transport closed under us: those calls did not go
+            for call in batch:
+                _settle(call.future, exception=ConnectionError(f"Redis write failed: {exc}"))
+            self._transport.close()
+            return
         self._sent.extend(batch)
-        self._transport.write(b"".join(call.evalsha for call in batch))
 
     async def _connect(self) -> None:
         try:
@@ -169,9 +183,14 @@ class ScriptPipe(asyncio.Protocol):
                 self._transport.close()
                 return
             call = self._sent.popleft()
-            if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
+            if (
+                isinstance(reply, ResponseError)
+                and str(reply).startswith("NOSCRIPT")
+                and not call.resent
+            ):
                 # The server does not know the script (first use, a restart, SCRIPT FLUSH):
                 # it did not run. EVAL runs it from its source and teaches it to the server.
+                call.resent = True
                 self._sent.append(call)
                 self._transport.write(call.eval())
             elif isinstance(reply, ResponseError):
@@ -183,12 +202,15 @@ class ScriptPipe(asyncio.Protocol):
         self._transport = None
         self._reader = hiredis.Reader(replyError=ResponseError)
         sent, self._sent = self._sent, deque()
-        error = ConnectionError(f"Redis connection lost before the script's reply: {exc}")
+        cause = f": {exc}" if exc else ""
+        error = ConnectionError(f"Redis connection lost before the script's reply{cause}")
         for call in sent:
             _settle(call.future, exception=error)
         if self._stream_protocol is not None:
             self._stream_protocol.connection_lost(exc)
             self._stream_protocol = None
+        if self._closed:
+            return
         if self._unsent and self._flush is None:  # they did not go out: on a new connection
             self._flush = asyncio.get_running_loop().call_soon(self._write)
             self._flush_soon = True
@@ -203,14 +225,20 @@ def _resp(commands: list[tuple[Any, ...]]) -> bytes:
         push(b"*%d\r\n" % len(command))
         for arg in command:
             kind = type(arg)
-            if kind is str:
+            if kind is str:  # the common types first, by identity: this runs per argument
                 data = arg.encode()
             elif kind is int:
                 data = b"%d" % arg
             elif kind is bytes:
                 data = arg
-            elif kind is float:
-                data = repr(arg).encode()
+            elif isinstance(arg, str):  # StrEnum and other subclasses
+                data = str.encode(arg)
+            elif isinstance(arg, bytes | bytearray | memoryview):
+                data = bytes(arg)
+            elif isinstance(arg, int) and not isinstance(arg, bool):
+                data = b"%d" % int(arg)
+            elif isinstance(arg, float):
+                data = repr(float(arg)).encode()
             else:
                 raise TypeError(f"cannot send {kind.__name__} to Redis: {arg!r}")
             push(b"$%d\r\n%b\r\n" % (len(data), data))

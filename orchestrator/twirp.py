@@ -141,8 +141,8 @@ class TwirpClient:
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: list[_Connection] = []
         self._closed = False
-        # Request ids: unique as livekit-api's uuid4s are (a random 80-bit prefix for this
-        # client, then a counter), without a call to the OS's random source per request.
+        # Request ids: unique as livekit-api's uuid4s are (a prefix with 74 random bits for
+        # this client, then a counter), without a call to the OS's random source per request.
         self._request_id_prefix = str(uuid.uuid4())[:24]
         self._request_numbers = itertools.count()
 

@@ -5,6 +5,8 @@ connection, an authenticated connection to another database, and the pool's clos
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
 import itertools
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,6 +20,15 @@ from redis.exceptions import ConnectionError, ResponseError
 from orchestrator.local_redis import LocalRedis
 from orchestrator.script_pipe import ScriptPipe, _resp
 from tests.support.waiting import eventually
+
+
+class Kind(enum.StrEnum):
+    ROOM = "room"
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
 
 INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 FAIL_ON_NEGATIVE = """
@@ -48,7 +59,7 @@ class _CountingTransport:
         self._transport.close()
 
 
-async def count_writes(pipe: ScriptPipe) -> list[int]:
+def count_writes(pipe: ScriptPipe) -> list[int]:
     """From now on, the number of scripts in each write the pipe makes (it is connected)."""
     counting = _CountingTransport(pipe._transport)
     pipe._transport = counting  # type: ignore[assignment]
@@ -60,7 +71,7 @@ async def test_calls_of_one_turn_go_in_one_write_and_get_their_own_replies(
 ) -> None:
     script = pipe.script(INCR_BY)
     await pipe.run(script, ["warm-up"], [1])  # connected, and the server knows the script
-    writes = await count_writes(pipe)
+    writes = count_writes(pipe)
     replies = await asyncio.gather(
         *(pipe.run(script, [f"counter-{i % 7}"], [i]) for i in range(100))
     )
@@ -73,14 +84,29 @@ async def test_calls_of_one_turn_go_in_one_write_and_get_their_own_replies(
         assert int(await arq_redis.get(f"counter-{counter}")) == sum(i for i, _ in mine)
 
 
-async def test_calls_do_not_wait_for_the_replies_in_flight(pipe: ScriptPipe) -> None:
+@contextlib.asynccontextmanager
+async def writes_held(redis: ArqRedis) -> AsyncIterator[None]:
+    """Redis holds scripts (they may write) while clients are paused for writes: calls sent
+    meanwhile stay in flight, unanswered."""
+    await redis.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+    try:
+        yield
+    finally:
+        await redis.execute_command("CLIENT", "UNPAUSE")
+
+
+async def test_calls_do_not_wait_for_the_replies_in_flight(
+    pipe: ScriptPipe, arq_redis: ArqRedis
+) -> None:
     script = pipe.script(INCR_BY)
     await pipe.run(script, ["warm-up"], [1])
-    writes = await count_writes(pipe)
-    first = asyncio.ensure_future(pipe.run(script, ["k"], [1]))
-    await eventually(lambda: writes == [1], what="the first call written")
-    second = asyncio.ensure_future(pipe.run(script, ["k"], [1]))
-    await eventually(lambda: writes == [1, 1], what="the second call written")
+    writes = count_writes(pipe)
+    async with writes_held(arq_redis):
+        first = asyncio.ensure_future(pipe.run(script, ["k"], [1]))
+        await eventually(lambda: writes == [1], what="the first call written")
+        second = asyncio.ensure_future(pipe.run(script, ["k"], [1]))
+        await eventually(lambda: writes == [1, 1], what="the second call written")
+        assert not first.done()  # the second went while the first awaited its reply
     assert sorted([await first, await second]) == [1, 2]
 
 
@@ -100,6 +126,43 @@ async def test_an_argument_redis_cannot_take_fails_its_caller_at_once(pipe: Scri
     with pytest.raises(TypeError, match="cannot send NoneType"):
         await pipe.run(script, ["k"], [None])
     assert await pipe.run(script, ["k"], [1]) == 1
+
+
+async def test_known_and_unknown_scripts_mixed_each_answer_their_own_caller(
+    pipe: ScriptPipe, arq_redis: ArqRedis
+) -> None:
+    incr, echo = pipe.script(INCR_BY), pipe.script(FAIL_ON_NEGATIVE)
+    assert await pipe.run(incr, ["k"], [1]) == 1  # the server knows this one, not the other
+    replies = await asyncio.gather(
+        pipe.run(echo, [], [5]), pipe.run(incr, ["k"], [1]),
+        pipe.run(echo, [], [7]), pipe.run(incr, ["k"], [1]),
+    )  # fmt: skip
+    assert (replies[0], replies[2]) == (b"5", b"7")
+    assert sorted(replies[1::2]) == [2, 3]
+
+
+async def test_an_error_that_only_looks_like_a_lost_script_is_not_sent_again_and_again(
+    pipe: ScriptPipe,
+) -> None:
+    pretender = pipe.script("return redis.error_reply('NOSCRIPT pretend: ' .. ARGV[1])")
+    with pytest.raises(ResponseError, match="NOSCRIPT pretend: 1"):
+        await asyncio.wait_for(pipe.run(pretender, [], [1]), timeout=5)
+    assert await pipe.run(pipe.script(INCR_BY), ["k"], [1]) == 1
+
+
+async def test_a_cancelled_caller_leaves_the_replies_of_the_others_in_step(
+    pipe: ScriptPipe, arq_redis: ArqRedis
+) -> None:
+    script = pipe.script(INCR_BY)
+    await pipe.run(script, ["warm-up"], [1])
+    async with writes_held(arq_redis):
+        given_up = asyncio.ensure_future(pipe.run(script, ["gone"], [1]))
+        await eventually(lambda: len(pipe._sent) == 1, what="the call in flight")
+        given_up.cancel()
+        others = [asyncio.ensure_future(pipe.run(script, [f"k{i}"], [i])) for i in (1, 2)]
+        await eventually(lambda: len(pipe._sent) == 3, what="the others in flight")
+    assert [await call for call in others] == [1, 2]
+    assert int(await arq_redis.get("gone")) == 1  # it ran; its reply was dropped
 
 
 async def test_scripts_run_after_the_server_lost_its_script_cache(
@@ -131,12 +194,25 @@ async def test_a_dropped_connection_fails_the_calls_in_flight_and_the_next_one_r
     assert await pipe.run(script, ["k"], [1]) == 2
 
 
+async def test_a_call_not_yet_sent_when_the_connection_drops_goes_on_a_new_one(
+    pipe: ScriptPipe, arq_redis: ArqRedis
+) -> None:
+    script = pipe.script(INCR_BY)
+    assert await pipe.run(script, ["k"], [1]) == 1
+    lingering = asyncio.ensure_future(pipe.run(script, ["k"], [1], linger_s=0.3))
+    await eventually(lambda: pipe._unsent, what="the call lingering")
+    await arq_redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    await eventually(lambda: pipe._transport is None, what="the connection lost")
+    assert not lingering.done()
+    assert await lingering == 2
+
+
 async def test_a_lingering_call_goes_with_the_next_urgent_one_or_alone_in_time(
     pipe: ScriptPipe,
 ) -> None:
     script = pipe.script(INCR_BY)
     await pipe.run(script, ["warm-up"], [1])
-    writes = await count_writes(pipe)
+    writes = count_writes(pipe)
     # Lingering for a minute, it goes as soon as a call that cannot wait comes.
     lingering = asyncio.ensure_future(pipe.run(script, ["a"], [1], linger_s=60))
     await eventually(lambda: pipe._flush is not None, what="the call lingering")
@@ -161,6 +237,22 @@ async def test_close_answers_the_calls_made_and_gives_the_connection_back(
     assert not arq_redis.connection_pool._in_use_connections
 
 
+async def test_close_while_connecting_answers_the_call(arq_redis: ArqRedis) -> None:
+    pipe = ScriptPipe(arq_redis)
+    call = asyncio.ensure_future(pipe.run(pipe.script(INCR_BY), ["k"], [1]))
+    for _ in range(10):  # a few turns of the loop: the call is made, the connect begins
+        if pipe._connecting is not None:
+            break
+        await asyncio.sleep(0)
+    assert pipe._connecting is not None
+    assert not pipe._connecting.done()
+    await pipe.aclose()
+    assert call.result() == 1
+    assert not arq_redis.connection_pool._in_use_connections
+    with pytest.raises(ConnectionError, match="closed"):
+        await pipe.run(pipe.script(INCR_BY), ["k"], [1])
+
+
 async def test_closing_the_pool_closes_the_pipe_connection(redis_server: LocalRedis) -> None:
     client = ArqRedis.from_url(redis_server.url)
     pipe = ScriptPipe(client)
@@ -179,14 +271,14 @@ async def test_an_authenticated_connection_to_another_database(
     url = f"redis://pipe-user:pipe-secret@127.0.0.1:{redis_server.port}/3"
     client = ArqRedis.from_url(url)
     pipe = ScriptPipe(client)
+    in_db_3: Redis = Redis.from_url(f"redis://127.0.0.1:{redis_server.port}/3")
     try:
         assert await pipe.run(pipe.script(INCR_BY), ["in-db-3"], [5]) == 5
-        in_db_3: Redis = Redis.from_url(f"redis://127.0.0.1:{redis_server.port}/3")
         assert await in_db_3.get("in-db-3") == b"5"
         assert await arq_redis.get("in-db-3") is None  # not database 0
         await in_db_3.flushdb()
-        await in_db_3.aclose()
     finally:
+        await in_db_3.aclose()
         await pipe.aclose()
         await client.aclose()
         await arq_redis.execute_command("ACL", "DELUSER", "pipe-user")
@@ -200,3 +292,5 @@ def test_commands_are_packed_as_redis_py_packs_them() -> None:
     assert _resp(commands) == b"".join(Connection().pack_commands(commands))
     with pytest.raises(TypeError, match="cannot send bool"):
         _resp([("EVALSHA", True)])
+    # Subclasses of the plain types go as their values, as redis-py sends them.
+    assert _resp([(Kind.ROOM, Level.HIGH)]) == _resp([("room", 3)])
