@@ -46,8 +46,10 @@ class _UtcTimestamp:
 
 def _not_json(value: Any) -> Any:
     """What structlog's JSONRenderer writes for a value JSON cannot hold."""
-    custom = getattr(value, "__structlog__", None)
-    return custom() if callable(custom) else repr(value)
+    try:
+        return value.__structlog__()
+    except AttributeError:
+        return repr(value)
 
 
 # Built once: structlog's JSONRenderer calls json.dumps with options, which builds an encoder

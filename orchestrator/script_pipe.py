@@ -97,15 +97,19 @@ class ScriptPipe(asyncio.Protocol):
             self._flush = loop.call_later(linger_s, self._write)
         return await future
 
-    async def aclose(self) -> None:
-        """Answer the scripts already called, then give the connection back; no call after."""
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        """Answer the scripts already called, waiting up to `timeout_s` for Redis (the rest
+        get ConnectionError), then give the connection back; no call after."""
         self._closed = True
-        waiting = [call.future for call in (*self._unsent, *self._sent)]
+        waiting: list[asyncio.Future[Any]] = [call.future for call in (*self._unsent, *self._sent)]
         if self._unsent:
             self._write()
-        if waiting:
-            await asyncio.wait(waiting)
         if self._connecting is not None:
+            waiting.append(self._connecting)
+        if waiting:
+            await asyncio.wait(waiting, timeout=timeout_s)
+        if self._connecting is not None:  # Redis unreachable all this time
+            self._connecting.cancel()
             await asyncio.wait([self._connecting])
         if self._transport is not None:
             self._transport.close()
@@ -150,8 +154,9 @@ class ScriptPipe(asyncio.Protocol):
             self._transport = transport
         except BaseException as exc:
             unsent, self._unsent = self._unsent, []
+            error = exc if isinstance(exc, Exception) else ConnectionError("connect cancelled")
             for call in unsent:
-                _settle(call.future, exception=exc)
+                _settle(call.future, exception=error)
             if not isinstance(exc, Exception):
                 raise
         finally:
@@ -209,11 +214,7 @@ class ScriptPipe(asyncio.Protocol):
         if self._stream_protocol is not None:
             self._stream_protocol.connection_lost(exc)
             self._stream_protocol = None
-        if self._closed:
-            return
-        if self._unsent and self._flush is None:  # they did not go out: on a new connection
-            self._flush = asyncio.get_running_loop().call_soon(self._write)
-            self._flush_soon = True
+        # Calls not yet sent (lingering) did not run: their scheduled write reconnects.
 
 
 def _resp(commands: list[tuple[Any, ...]]) -> bytes:

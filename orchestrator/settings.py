@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     poll_delay_ms: float = 5.0
     max_jobs: int = 200
     record_linger_ms: float = 2.0
-    """How long the record of a dispatch already made may wait to share a Redis round trip with
+    """How long the record of a dispatch already made may wait to share a Redis write with
     other jobs' state changes: less CPU per dispatch under load. The dispatch itself is never
     delayed, only the session's `dispatched` state, by at most this."""
 

@@ -114,8 +114,10 @@ def create_app(settings: Settings) -> web.Application:
         if settings.api_token is None:
             log.warning("LKD_API_TOKEN is not set: the HTTP API is read-only and unauthenticated")
         yield
-        await app[SERVICE].store.scripts.aclose()
-        await redis.aclose()
+        try:
+            await app[SERVICE].store.scripts.aclose()
+        finally:
+            await redis.aclose()
 
     app.cleanup_ctx.append(connections)
     return app

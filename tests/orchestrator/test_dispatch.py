@@ -243,7 +243,10 @@ async def test_assignment_is_confirmed_when_a_worker_takes_the_job(
     assert len(sim.calls_to(CREATE)) == 1
 
 
-@pytest.mark.parametrize("names", ["this dispatch", "an earlier dispatch"])
+@pytest.mark.parametrize(
+    ("names", "heartbeats"),
+    [("this dispatch", True), ("an earlier dispatch", True), ("this dispatch", False)],
+)
 async def test_assignment_is_confirmed_by_the_agents_word_without_asking_livekit(
     sim: LiveKitSim,
     arq_redis: ArqRedis,
@@ -251,13 +254,19 @@ async def test_assignment_is_confirmed_by_the_agents_word_without_asking_livekit
     run_worker: RunWorker,
     agent_worker: AcceptingWorker,
     names: str,
+    heartbeats: bool,
 ) -> None:
     settings = make_settings(
-        redis_server, sim, agent_heartbeats=True, assignment_check_delay_s=1.0, report_grace_s=60
+        redis_server,
+        sim,
+        agent_heartbeats=heartbeats,
+        assignment_check_delay_s=1.0,
+        report_grace_s=60,
     )
     await run_worker(settings)
     job = await enqueue_dispatch(arq_redis, DispatchRequest(event_id="e-said", room="r-said"))
     result = await job_result(arq_redis, job.job_id)
+    dispatched_ns = time.time_ns()
     session_id = result["session_id"]
     # What our agent writes with its first heartbeat, before the check comes.
     said_dispatch = result["dispatch_id"] if names == "this dispatch" else "AD_earlier"
@@ -269,10 +278,12 @@ async def test_assignment_is_confirmed_by_the_agents_word_without_asking_livekit
 
     session = await eventually(assigned, what="assignment confirmed")
     asked = [c for c in sim.calls_to("AgentDispatchService/ListDispatch") if c.room == "r-said"]
-    if names == "this dispatch":
+    listed_rooms = [c for c in sim.calls_to("RoomService/ListRooms") if c.at_ns > dispatched_ns]
+    if names == "this dispatch" and heartbeats:
         assert (session["job_id"], session["worker_id"]) == ("AJ_said", "AW_said")
         assert asked == []
-    else:  # not a word about this dispatch: LiveKit tells
+        assert listed_rooms == []
+    else:  # not a word about this dispatch, or agents said to send none: LiveKit tells
         [taken] = agent_worker.jobs
         assert session["job_id"] == taken.id
         assert len(asked) == 1

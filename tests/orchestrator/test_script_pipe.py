@@ -132,7 +132,9 @@ async def test_known_and_unknown_scripts_mixed_each_answer_their_own_caller(
     pipe: ScriptPipe, arq_redis: ArqRedis
 ) -> None:
     incr, echo = pipe.script(INCR_BY), pipe.script(FAIL_ON_NEGATIVE)
+    await arq_redis.script_flush()  # the server's script cache outlives tests
     assert await pipe.run(incr, ["k"], [1]) == 1  # the server knows this one, not the other
+    assert await arq_redis.script_exists(echo.sha) == [False]
     replies = await asyncio.gather(
         pipe.run(echo, [], [5]), pipe.run(incr, ["k"], [1]),
         pipe.run(echo, [], [7]), pipe.run(incr, ["k"], [1]),
@@ -181,16 +183,12 @@ async def test_a_dropped_connection_fails_the_calls_in_flight_and_the_next_one_r
 ) -> None:
     script = pipe.script(INCR_BY)
     assert await pipe.run(script, ["k"], [1]) == 1
-    # Redis holds scripts while clients are paused for writes: the call stays in flight.
-    await arq_redis.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
-    try:
+    async with writes_held(arq_redis):
         in_flight = asyncio.ensure_future(pipe.run(script, ["k"], [1]))
         await eventually(lambda: len(pipe._sent) == 1, what="the call in flight")
         await arq_redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
         with pytest.raises(ConnectionError, match="lost before the script's reply"):
             await in_flight
-    finally:
-        await arq_redis.execute_command("CLIENT", "UNPAUSE")
     assert await pipe.run(script, ["k"], [1]) == 2
 
 
@@ -199,7 +197,7 @@ async def test_a_call_not_yet_sent_when_the_connection_drops_goes_on_a_new_one(
 ) -> None:
     script = pipe.script(INCR_BY)
     assert await pipe.run(script, ["k"], [1]) == 1
-    lingering = asyncio.ensure_future(pipe.run(script, ["k"], [1], linger_s=0.3))
+    lingering = asyncio.ensure_future(pipe.run(script, ["k"], [1], linger_s=2.0))
     await eventually(lambda: pipe._unsent, what="the call lingering")
     await arq_redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
     await eventually(lambda: pipe._transport is None, what="the connection lost")
@@ -253,6 +251,19 @@ async def test_close_while_connecting_answers_the_call(arq_redis: ArqRedis) -> N
         await pipe.run(pipe.script(INCR_BY), ["k"], [1])
 
 
+async def test_close_gives_up_on_a_redis_that_does_not_answer(arq_redis: ArqRedis) -> None:
+    pipe = ScriptPipe(arq_redis)
+    script = pipe.script(INCR_BY)
+    await pipe.run(script, ["k"], [1])
+    async with writes_held(arq_redis):
+        unanswered = asyncio.ensure_future(pipe.run(script, ["k"], [1]))
+        await eventually(lambda: len(pipe._sent) == 1, what="the call in flight")
+        await asyncio.wait_for(pipe.aclose(timeout_s=0.2), timeout=5)
+        with pytest.raises(ConnectionError):
+            await unanswered
+    assert not arq_redis.connection_pool._in_use_connections
+
+
 async def test_closing_the_pool_closes_the_pipe_connection(redis_server: LocalRedis) -> None:
     client = ArqRedis.from_url(redis_server.url)
     pipe = ScriptPipe(client)
@@ -292,5 +303,5 @@ def test_commands_are_packed_as_redis_py_packs_them() -> None:
     assert _resp(commands) == b"".join(Connection().pack_commands(commands))
     with pytest.raises(TypeError, match="cannot send bool"):
         _resp([("EVALSHA", True)])
-    # Subclasses of the plain types go as their values, as redis-py sends them.
+    # Subclasses of the plain types go as their values (redis-py sends an IntEnum's repr).
     assert _resp([(Kind.ROOM, Level.HIGH)]) == _resp([("room", 3)])
