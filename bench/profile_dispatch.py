@@ -42,7 +42,6 @@ STEPS = [
     ("dispatch: CreateDispatch (HTTP)", "create_dispatch (orchestrator/"),
     ("dispatch: Redis scripts (pipelined)", "orchestrator/script_pipe.py"),
     ("dispatch: mark_dispatched (Lua)", "mark_dispatched (orchestrator/state.py"),
-    ("dispatch: enqueue confirm job (arq)", "enqueue_job (arq/connections.py"),
     ("dispatch: logging (structlog)", "structlog/"),
     ("dispatch: DispatchRequest validation", "model_validate ("),
     ("dispatch: JobMetadata.to_json", "to_json (tasks/models.py"),
@@ -50,7 +49,9 @@ STEPS = [
     ("dispatch: rest", "dispatch_agent (orchestrator/dispatch.py"),
     ("reconcile cron", "reconcile_sessions (orchestrator/reconcile.py"),
     ("arq: start_jobs (WATCH/EXISTS/ZSCORE/MULTI)", "start_jobs (arq/worker.py"),
-    ("arq: run_job/finish_job (GET job, result SET, logs)", "run_job (arq/worker.py"),
+    ("arq: run_job (GET job, retries, timeout)", "run_job (arq/worker.py"),
+    # Shielded, so in a task of its own: not under run_job's frames.
+    ("arq: finish_job (result SET, clean-up)", "finish_job (arq/worker.py"),
     ("arq: poll (ZRANGEBYSCORE, heartbeat)", "_poll_iteration (arq/worker.py"),
 ]
 
