@@ -17,7 +17,7 @@ from orchestrator.context import Context, of
 from orchestrator.errors import LiveKitError, describe_validation
 from orchestrator.rejections import reject
 from orchestrator.sessions import fail_session
-from tasks.models import DispatchRequest, JobMetadata, session_id_for
+from tasks.models import DispatchRequest, session_id_for
 
 log = structlog.get_logger("orchestrator.dispatch")
 
@@ -72,9 +72,7 @@ async def _dispatch(
         log.info("event not dispatched", outcome=claim.kind, live_session=claim.session_id)
         return {"outcome": claim.kind, "session_id": claim.session_id}
 
-    metadata = JobMetadata(
-        session_id=session_id, event_id=request.event_id, metadata=request.metadata
-    ).to_json()
+    metadata = request.job_metadata(session_id)
     try:
         dispatch = None
         if claim.kind == "resume":

@@ -12,7 +12,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 # LiveKit limits (../shared/reference/livekit-server-dispatch.md §5). Dispatch metadata is
 # capped at 512 KiB from server v1.13.2 and at 64000 bytes for room/participant metadata
@@ -81,6 +81,8 @@ class DispatchRequest(_Model):
     """An event still waiting at this time is dropped with outcome `expired`."""
     not_before: datetime | None = None
     """Deferred dispatch: not before this time."""
+    _job_metadata: tuple[str, str] = PrivateAttr(default=("", ""))
+    """(session id, its job metadata JSON), as the size check made it."""
 
     @field_validator("event_id")
     @classmethod
@@ -106,21 +108,25 @@ class DispatchRequest(_Model):
 
     @model_validator(mode="after")
     def _metadata_fits(self) -> DispatchRequest:
-        size = len(
-            JobMetadata(
-                session_id=session_id_for(self.event_id),
-                event_id=self.event_id,
-                metadata=self.metadata,
-            )
-            .to_json()
-            .encode()
-        )
+        session_id = session_id_for(self.event_id)
+        job_metadata = self.job_metadata(session_id)
+        self._job_metadata = (session_id, job_metadata)
+        size = len(job_metadata.encode())
         if size > MAX_METADATA_BYTES:
             raise ValueError(
                 f"metadata makes a {size}-byte job metadata, over LiveKit's "
                 f"{MAX_METADATA_BYTES}-byte limit: send a reference instead of the data"
             )
         return self
+
+    def job_metadata(self, session_id: str) -> str:
+        """The job metadata (JSON) that carries this event to the agent of `session_id`."""
+        made_for, made = self._job_metadata
+        if made_for == session_id:  # the first session's: made by the size check already
+            return made
+        return JobMetadata(
+            session_id=session_id, event_id=self.event_id, metadata=self.metadata
+        ).to_json()
 
 
 class JobMetadata(_Model):

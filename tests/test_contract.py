@@ -63,6 +63,18 @@ def test_job_metadata_carries_session_and_event_ids() -> None:
     assert session_id_for("evt-1") != session_id_for("evt-1", generation=1)
 
 
+@pytest.mark.parametrize("generation", [0, 1])
+def test_the_job_metadata_a_request_gives_is_its_sessions(generation: int) -> None:
+    """The size check's job metadata is reused for the first session; a replay's session
+    (a later generation) gets its own."""
+    request = DispatchRequest.model_validate(
+        {"event_id": "evt-2", "room": "r", "metadata": {"name": "Zoë", "n": [1, 2.5]}}
+    )
+    session_id = session_id_for("evt-2", generation)
+    expected = JobMetadata(session_id=session_id, event_id="evt-2", metadata=request.metadata)
+    assert request.job_metadata(session_id) == expected.to_json()
+
+
 def test_end_session_needs_exactly_one_target() -> None:
     with pytest.raises(ValidationError, match="exactly one of session_id and room"):
         EndSessionRequest()
