@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     """How long the record of a dispatch already made may wait to share a Redis write with
     other jobs' state changes: less CPU per dispatch under load. The dispatch itself is never
     delayed, only the session's `dispatched` state, by at most this."""
+    backlog_linger_ms: float = 1.0
+    """Under a backlog only (an event that waited over BACKLOG_WAIT_S in the queue), how long
+    its room claim may wait to share a Redis write with other jobs' claims: more dispatches a
+    second while the backlog drains. An event that did not wait never waits here."""
 
     http_host: str = "127.0.0.1"
     http_port: int = 8089

@@ -191,8 +191,10 @@ class SessionStore:
         room: str,
         agent_name: str,
         enqueued_ms: int,
+        linger_s: float = 0.0,
     ) -> Claim:
-        """Claim `room` for the session, atomically with the event's idempotency record."""
+        """Claim `room` for the session, atomically with the event's idempotency record; the
+        claim may wait up to `linger_s` to share a write (script_pipe)."""
         now = now_ms()
         kind, holder = await self.scripts.run(
             self._claim,
@@ -218,6 +220,7 @@ class SessionStore:
                 keys.session_key(""),
                 now + self.first_check_ms,
             ],
+            linger_s=linger_s,
         )
         return Claim(text(kind), text(holder))  # type: ignore[arg-type]
 

@@ -12,9 +12,10 @@ from arq import ArqRedis
 from arq.worker import Worker
 
 from livekit_sim import LiveKitSim
-from orchestrator import dead_letters
+from orchestrator import dead_letters, dispatch
 from orchestrator.local_redis import LocalRedis
-from orchestrator.state import SessionStore
+from orchestrator.settings import Settings
+from orchestrator.state import Claim, SessionStore
 from tasks import DispatchRequest, enqueue_dispatch, recent_results, session_id_for
 from tasks.heartbeat import AgentJob, beat
 from tasks.keys import ARQ_RESULT_PREFIX, DEAD_LETTER_STREAM, QUEUE_NAME, dispatch_job_id
@@ -287,6 +288,35 @@ async def test_assignment_is_confirmed_by_the_agents_word_without_asking_livekit
         [taken] = agent_worker.jobs
         assert session["job_id"] == taken.id
         assert len(asked) == 1
+
+
+async def test_a_claim_waits_to_share_a_write_only_for_an_event_that_waited_in_the_queue(
+    sim: LiveKitSim,
+    arq_redis: ArqRedis,
+    settings: Settings,
+    orchestrator: Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lingers: dict[str, float] = {}
+    claim = SessionStore.claim
+
+    async def recorded(self: SessionStore, **fields: Any) -> Claim:
+        lingers[fields["event_id"]] = fields.get("linger_s", 0.0)
+        return await claim(self, **fields)
+
+    monkeypatch.setattr(SessionStore, "claim", recorded)
+    # Well above what a fresh event waits on a busy machine, well below the late one's wait.
+    monkeypatch.setattr(dispatch, "BACKLOG_WAIT_S", 1.0)
+    fresh = DispatchRequest(event_id="e-fresh", room="r-fresh")
+    # Due five seconds ago: it waited that long, as events behind a backlog do.
+    late = DispatchRequest(
+        event_id="e-late", room="r-late", not_before=datetime.now(UTC) - timedelta(seconds=5)
+    )
+    for request in (fresh, late):
+        job = await enqueue_dispatch(arq_redis, request)
+        assert (await job_result(arq_redis, job.job_id))["outcome"] == "dispatched"
+    assert settings.backlog_linger_ms > 0
+    assert lingers == {"e-fresh": 0.0, "e-late": settings.backlog_linger_ms / 1000}
 
 
 async def test_dead_letter_replay_dispatches_again(
