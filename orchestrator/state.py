@@ -99,12 +99,6 @@ end
 return 1
 """
 
-# KEYS: room claim; ARGV: session_id. Frees the claim only if this session holds it.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 # KEYS: session; ARGV: expected statuses joined by ',', then field pairs. Updates only a session
 # in one of the expected states, so a late step never overwrites a terminal state.
 _TRANSITION = """
@@ -176,7 +170,6 @@ class SessionStore:
         self.scripts = ScriptPipe(redis)
         self._claim = self.scripts.script(_CLAIM)
         self._file = self.scripts.script(_FILE_REPORT)
-        self._release = self.scripts.script(_RELEASE)
         self._transition = self.scripts.script(_TRANSITION)
         self._mark_dispatched = self.scripts.script(_MARK_DISPATCHED)
         self._read_sessions = self.scripts.script(_READ_SESSIONS)
@@ -285,13 +278,6 @@ class SessionStore:
                     due - now + CHECK_JOB_TTL_MS,
                 ],
                 linger_s=self.record_linger_s,
-            )
-        )
-
-    async def release_claim(self, room: str, session_id: str) -> bool:
-        return bool(
-            await self.scripts.run(
-                self._release, keys=[keys.room_claim_key(room)], args=[session_id]
             )
         )
 
