@@ -20,12 +20,20 @@ from tasks.models import SessionReport
 from tasks.serialization import job_body
 
 TERMINAL = ("completed", "failed", "lost")
+# The same decision inside scripts: `terminal(status)` for a status string (nil is not).
+_LUA_TERMINAL = (
+    "local function terminal(s) return "
+    + " or ".join(f"s == '{status}'" for status in TERMINAL)
+    + " end\n"
+)
 CHECK_JOB_TTL_MS = 24 * 3600 * 1000  # arq's default: a job not run a day after it was due expires
 
 # KEYS: event, room claim, session, live set, recent set, room sessions, reconcile due set
 # ARGV: session_id, generation, now_ms, event_ttl_s, retention_s, event_id, room, agent_name,
 #       enqueued_ms, session key prefix, first reconciliation at (unix ms)
-_CLAIM = """
+_CLAIM = (
+    _LUA_TERMINAL
+    + """
 local sid, gen, now = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local ev_sid = redis.call('HGET', KEYS[1], 'session_id')
 if ev_sid then
@@ -40,7 +48,7 @@ end
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= sid then
   local hstatus = redis.call('HGET', ARGV[10] .. holder, 'status')
-  if hstatus and hstatus ~= 'completed' and hstatus ~= 'failed' and hstatus ~= 'lost' then
+  if hstatus and not terminal(hstatus) then
     redis.call('HSET', KEYS[1], 'session_id', holder, 'generation', gen,
                'outcome', 'deduplicated', 'at', now)
     redis.call('EXPIRE', KEYS[1], ARGV[4])
@@ -61,6 +69,7 @@ redis.call('EXPIRE', KEYS[6], ARGV[5])
 redis.call('ZADD', KEYS[7], ARGV[11], sid)
 return {'claimed', sid}
 """
+)
 
 # KEYS: report filed, results stream, session, live set, room claim, session payload,
 #       reconcile due set
@@ -122,13 +131,15 @@ return out
 
 # KEYS: room claims; ARGV: session key prefix. Frees each claim whose session is terminal or
 # gone (a crash between steps); the number freed.
-_FREE_ORPHAN_CLAIMS = """
+_FREE_ORPHAN_CLAIMS = (
+    _LUA_TERMINAL
+    + """
 local freed = 0
 for _, claim in ipairs(KEYS) do
   local holder = redis.call('GET', claim)
   if holder then
     local status = redis.call('HGET', ARGV[1] .. holder, 'status')
-    if not status or status == 'completed' or status == 'failed' or status == 'lost' then
+    if not status or terminal(status) then
       redis.call('DEL', claim)
       freed = freed + 1
     end
@@ -136,6 +147,7 @@ for _, claim in ipairs(KEYS) do
 end
 return freed
 """
+)
 
 ClaimKind = Literal["claimed", "resume", "deduplicated", "duplicate_event"]
 
