@@ -12,10 +12,12 @@
 - GET    /_sim/rooms/{room}/participants/{identity}/received  data and texts it received
 - GET    /_sim/rooms/{room}/texts[?topic=]  every text message sent in the room
 - GET    /_sim/rooms/{room}/audio/{identity}  what an SDK participant published, as WAV
-- GET    /_sim/state   rooms, dispatches, participants, workers, counters
+- GET    /_sim/state   rooms, dispatches, participants, workers, counters, faults injected
 - GET    /_sim/calls   the Twirp call log (`?method=...` to filter)
+- GET    /_sim/jobs    the job log: every job a worker accepted (`?room=...` to filter)
 - POST   /_sim/faults  body {"twirp": {endpoint: TwirpFault fields},
-         "workers_never_answer"?, "clear"?}
+         "workers_never_answer"?, "unoffered_rate"?, "seed"?, "clear"?} ("clear" first,
+         "seed" last); answers the rules now in force and the faults injected by kind
 
 No authentication: the control API is for tests and demos on loopback.
 """
@@ -33,7 +35,7 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from livekit_sim.faults import TwirpFault
+from livekit_sim.faults import TwirpFault, check_rate
 from livekit_sim.rooms import PARTICIPANT_KINDS, ParticipantNotFoundError, RoomFullError
 from livekit_sim.rtc import SimulatedParticipant, load_wav, tone
 from livekit_sim.rtc.media import Samples, wav_bytes
@@ -70,6 +72,7 @@ class ControlAPI:
         app.router.add_get("/_sim/rooms/{room}/audio/{identity}", self.audio)
         app.router.add_get("/_sim/state", self.state)
         app.router.add_get("/_sim/calls", self.calls)
+        app.router.add_get("/_sim/jobs", self.jobs)
         app.router.add_post("/_sim/faults", self.set_faults)
 
     async def join(self, request: web.Request) -> web.Response:
@@ -202,24 +205,67 @@ class ControlAPI:
         ]
         return web.json_response({"calls": records})
 
+    async def jobs(self, request: web.Request) -> web.Response:
+        room = request.query.get("room")
+        records = [
+            dataclasses.asdict(j) for j in self._sim.job_log if room is None or j.room == room
+        ]
+        return web.json_response({"jobs": records})
+
     async def set_faults(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
+        rules = _twirp_rules(body)
+        unoffered = _unoffered_rate(body)
+        seed = body.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise _bad_request("seed must be an integer")
         faults = self._sim.faults
         if body.get("clear"):
             faults.clear()
-        names = {f.name for f in dataclasses.fields(TwirpFault)}
-        for endpoint, rule in dict(body.get("twirp", {})).items():
-            if not isinstance(rule, dict) or not set(rule) <= names:
-                raise _bad_request(f"fault for {endpoint!r} must be an object with keys {names}")
-            faults.set(str(endpoint), **rule)
+        faults.twirp.update(rules)
         if "workers_never_answer" in body:
             faults.workers_never_answer = bool(body["workers_never_answer"])
+        if unoffered is not None:
+            faults.unoffered_rate = unoffered
+        if seed is not None:
+            faults.seed(seed)
         return web.json_response(
             {
                 "twirp": {k: dataclasses.asdict(v) for k, v in faults.twirp.items()},
                 "workers_never_answer": faults.workers_never_answer,
+                "unoffered_rate": faults.unoffered_rate,
+                "injected": dict(faults.injected),
             }
         )
+
+
+def _unoffered_rate(body: dict[str, Any]) -> float | None:
+    """The body's "unoffered_rate", None when absent (400 when not a rate)."""
+    if "unoffered_rate" not in body:
+        return None
+    rate = body["unoffered_rate"]
+    try:
+        check_rate("unoffered_rate", rate)
+    except ValueError as exc:
+        raise _bad_request(str(exc)) from exc
+    return float(rate)
+
+
+def _twirp_rules(body: dict[str, Any]) -> dict[str, TwirpFault]:
+    """The body's "twirp" rules, all checked before any is applied (400 on a bad one)."""
+    rules = body.get("twirp", {})
+    if not isinstance(rules, dict):
+        raise _bad_request('"twirp" must be an object of endpoint: fault')
+    names = {f.name for f in dataclasses.fields(TwirpFault)}
+    checked: dict[str, TwirpFault] = {}
+    for endpoint, rule in rules.items():
+        if not isinstance(rule, dict) or not set(rule) <= names:
+            raise _bad_request(f"fault for {endpoint!r} must be an object with keys {names}")
+        try:
+            checked[str(endpoint)] = TwirpFault(**rule)
+        except ValueError as exc:
+            raise _bad_request(f"fault for {endpoint!r}: {exc}") from exc
+    return checked
 
 
 def _identities(body: dict[str, Any]) -> list[str]:

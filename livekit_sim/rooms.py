@@ -6,7 +6,8 @@ What this module promises (pkg/rtc/room.go, pkg/service/roommanager.go):
 - every dispatch launches one JT_ROOM job request, and one JT_PARTICIPANT request per non-agent
   participant present or joining, each in the background; an assigned job is appended to its
   dispatch's `state.jobs` and never updated afterwards, except by DeleteDispatch; a dropped job
-  is never retried;
+  is never retried; `Faults.unoffered_rate` of the dispatches CreateDispatch makes have their
+  JT_ROOM job dropped before any worker is asked, as when none is available;
 - rooms close after `empty_timeout` (nobody non-agent ever joined) or `departure_timeout`
   (after the last departure), checked periodically, or on DeleteRoom; closing a room
   terminates its jobs with AGENT_LEFT_ROOM, and so does an agent participant leaving;
@@ -28,7 +29,8 @@ from typing import Any
 
 from livekit.protocol import agent, agent_dispatch, models, room
 
-from livekit_sim import ids
+from livekit_sim import ids, job_log
+from livekit_sim.faults import Faults
 from livekit_sim.room_state import (
     PARTICIPANT_KINDS,
     EventSink,
@@ -63,6 +65,7 @@ class RoomRegistry:
         empty_timeout_s: float,
         departure_timeout_s: float,
         on_event: EventSink | None = None,
+        faults: Faults | None = None,
     ) -> None:
         self.rooms: dict[str, SimRoom] = {}
         self.rooms_created = 0
@@ -73,6 +76,7 @@ class RoomRegistry:
         self._empty_timeout_s = empty_timeout_s
         self._departure_timeout_s = departure_timeout_s
         self._on_event = on_event
+        self._faults = faults or Faults()
         self._tasks: set[asyncio.Task[None]] = set()
         self.listeners: list[RoomListener] = []
 
@@ -140,7 +144,9 @@ class RoomRegistry:
         for identity in list(sim_room.participants):
             self._remove_participant(sim_room, identity)
         for job_id in sim_room.job_ids:
-            self._spawn(self._terminate(job_id, TerminationReason.AGENT_LEFT_ROOM))
+            self._spawn(
+                self._terminate(job_id, TerminationReason.AGENT_LEFT_ROOM, job_log.ROOM_CLOSED)
+            )
         for listener in self.listeners:
             listener.room_closed(sim_room)
         self._emit("room_finished", sim_room, None)
@@ -166,8 +172,14 @@ class RoomRegistry:
     def create_dispatch(
         self, req: agent_dispatch.CreateAgentDispatchRequest
     ) -> agent_dispatch.AgentDispatch:
-        """CreateDispatch: auto-create the room, add a new dispatch (never deduplicated)."""
+        """CreateDispatch: auto-create the room, add a new dispatch (never deduplicated).
+
+        With `Faults.unoffered_rate`, its JT_ROOM job request may be dropped unoffered.
+        """
         sim_room = self.get_or_create(room.CreateRoomRequest(name=req.room))
+        unoffered = self._faults.roll(self._faults.unoffered_rate)
+        if unoffered:
+            self._faults.count("unoffered")
         return self._add_dispatch(
             sim_room,
             agent_dispatch.AgentDispatch(
@@ -177,6 +189,7 @@ class RoomRegistry:
                 deployment=req.deployment,
                 attributes=req.attributes,
             ),
+            offer_room_job=not unoffered,
         )
 
     def delete_dispatch(self, sim_room: SimRoom, dispatch_id: str) -> agent_dispatch.AgentDispatch:
@@ -191,13 +204,17 @@ class RoomRegistry:
         return dispatch
 
     def _add_dispatch(
-        self, sim_room: SimRoom, dispatch: agent_dispatch.AgentDispatch
+        self,
+        sim_room: SimRoom,
+        dispatch: agent_dispatch.AgentDispatch,
+        *,
+        offer_room_job: bool = True,
     ) -> agent_dispatch.AgentDispatch:
         dispatch.id = ids.new_id(ids.DISPATCH)
         dispatch.room = sim_room.name
         dispatch.state.created_at = time.time_ns()
         sim_room.dispatches[dispatch.id] = dispatch
-        self._launch(sim_room, dispatch, agent.JobType.JT_ROOM, None)
+        self._launch(sim_room, dispatch, agent.JobType.JT_ROOM, None, offered=offer_room_job)
         for participant in sim_room.participants.values():
             if not is_dependent(participant):
                 self._launch(sim_room, dispatch, agent.JobType.JT_PARTICIPANT, participant)
@@ -320,7 +337,10 @@ class RoomRegistry:
         dispatch: agent_dispatch.AgentDispatch,
         job_type: agent.JobType,
         participant: models.ParticipantInfo | None,
+        *,
+        offered: bool = True,
     ) -> None:
+        """Request a job of `dispatch` in the background; `offered` False drops it at once."""
         job = agent.Job(
             id=ids.new_id(ids.JOB),
             dispatch_id=dispatch.id,
@@ -334,6 +354,15 @@ class RoomRegistry:
         if participant is not None:
             job.participant.CopyFrom(participant)
         self.jobs_requested += 1
+        if not offered:
+            log.info(
+                "not dispatching agent job since no worker is available (injected fault) "
+                "jobID=%s agentName=%r room=%r",
+                job.id,
+                job.agent_name,
+                sim_room.name,
+            )
+            return
         task = self._spawn(self._request_job(sim_room, dispatch, job))
         pending = sim_room.pending.setdefault(dispatch.id, set())
         pending.add(task)
@@ -355,7 +384,7 @@ class RoomRegistry:
         dispatch.state.jobs.append(job)
         self.jobs_assigned += 1
         if sim_room.closed:
-            await self._terminate(job.id, TerminationReason.AGENT_LEFT_ROOM)
+            await self._terminate(job.id, TerminationReason.AGENT_LEFT_ROOM, job_log.ROOM_CLOSED)
         else:
             sim_room.job_ids.append(job.id)
             if state.participant_identity:
@@ -371,9 +400,11 @@ class RoomRegistry:
             if state is not None:
                 job.state.CopyFrom(state)
 
-    async def _terminate(self, job_id: str, reason: TerminationReason) -> agent.JobState | None:
+    async def _terminate(
+        self, job_id: str, reason: TerminationReason, end_reason: str | None = None
+    ) -> agent.JobState | None:
         try:
-            return await self._workers.terminate_job(job_id, reason)
+            return await self._workers.terminate_job(job_id, reason, end_reason=end_reason)
         except NotImplementedError:
             return None
         except Exception as exc:

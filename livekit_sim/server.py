@@ -16,6 +16,7 @@ from livekit.protocol import agent_dispatch, models
 
 from livekit_sim.control import ControlAPI, proto_dict
 from livekit_sim.faults import Faults
+from livekit_sim.job_log import JobRecord
 from livekit_sim.rooms import RoomRegistry, SimRoom
 from livekit_sim.rtc import (
     AudioCapture,
@@ -51,6 +52,8 @@ class LiveKitSim:
     `empty_timeout_s` / `departure_timeout_s` are the defaults for rooms whose creation does
     not set them (fractions of a second allowed, for tests); `missing_room_delay_s` is how
     long List/DeleteDispatch on a room that is not running take before `unavailable`.
+    `max_call_log` and `max_job_log` bound `calls` and `job_log`; `fault_seed` seeds
+    `faults.rng` (None: a random seed).
     """
 
     def __init__(
@@ -68,6 +71,8 @@ class LiveKitSim:
         missing_room_delay_s: float = DEFAULT_MISSING_ROOM_DELAY_S,
         room_check_interval_s: float = ROOM_CHECK_INTERVAL_S,
         max_call_log: int = 100_000,
+        max_job_log: int = 100_000,
+        fault_seed: int | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -78,13 +83,15 @@ class LiveKitSim:
         if webhook_urls and hook_key not in self.keys:
             raise ValueError("api_key is required to use webhooks: webhook_api_key not in keys")
         self.faults = Faults()
-        self.workers = WorkerPool(self.keys, self.faults)
+        self.faults.seed(fault_seed)
+        self.workers = WorkerPool(self.keys, self.faults, max_job_log=max_job_log)
         self.webhooks = WebhookNotifier(webhook_urls, hook_key, self.keys[hook_key])
         self.room_registry = RoomRegistry(
             self.workers,
             empty_timeout_s=empty_timeout_s,
             departure_timeout_s=departure_timeout_s,
             on_event=self.webhooks.notify,
+            faults=self.faults,
         )
         self.twirp = TwirpService(
             self.room_registry,
@@ -127,6 +134,17 @@ class LiveKitSim:
         return [c for c in self.twirp.calls if c.method == method]
 
     @property
+    def job_log(self) -> deque[JobRecord]:
+        """Every job a worker accepted, oldest first (bounded by max_job_log): its dispatch,
+        room, agent, metadata, worker and identity, when it was assigned, and when and how it
+        ended (None while running) or its worker disconnected."""
+        return self.workers.job_log.records
+
+    def jobs_in(self, room: str) -> list[JobRecord]:
+        """The job log's records of one room name, oldest first."""
+        return [j for j in self.workers.job_log.records if j.room == room]
+
+    @property
     def rooms(self) -> dict[str, SimRoom]:
         """Live rooms by name."""
         return self.room_registry.rooms
@@ -158,7 +176,8 @@ class LiveKitSim:
         }
 
     def state(self) -> dict[str, Any]:
-        """JSON-able view of rooms (with dispatches and participants), workers and counters."""
+        """JSON-able view of rooms (with dispatches and participants), workers, counters and
+        the faults injected by kind."""
         try:
             workers: list[dict[str, object]] | None = self.workers.snapshot()
         except NotImplementedError:
@@ -174,6 +193,7 @@ class LiveKitSim:
             ],
             "workers": workers,
             "counters": self.counters(),
+            "faults_injected": dict(self.faults.injected),
         }
 
     # -- control ---------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 Requests in protobuf or JSON (DiscardUnknown); responses in the request's encoding, JSON with
 proto field names and defaults emitted; errors as Twirp JSON bodies with the HTTP status of
-their code. Authentication and error texts follow pkg/service/{auth,roomservice,
-agent_dispatch_service}.go; see livekit_sim/README.md for the deviations.
+their code. Content types are exactly those of Twirp's generated Go code: `application/json`
+and `application/protobuf`, no charset. Authentication and error texts follow
+pkg/service/{auth,roomservice,agent_dispatch_service}.go; see livekit_sim/README.md for the
+deviations.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ MAX_ATTRIBUTES_BYTES = 64 * 1024
 MAX_ROOM_NAME_BYTES = 256
 MAX_DEPLOYMENT_BYTES = 64
 MAX_REQUEST_BODY_BYTES = 10 * 1024 * 1024
+
+JSON = "application/json"
+PROTOBUF = "application/protobuf"
 
 HTTP_STATUS = {
     "canceled": 408,
@@ -66,12 +71,32 @@ class TwirpError(Exception):
 def twirp_error_response(
     code: str, msg: str, meta: Mapping[str, str] | None = None
 ) -> web.Response:
+    """A Twirp error answer: the code's HTTP status, a compact JSON body, `application/json`."""
     body: dict[str, Any] = {"code": code, "msg": msg}
     if meta:
         body["meta"] = dict(meta)
-    return web.Response(
-        status=HTTP_STATUS.get(code, 500), text=json.dumps(body), content_type="application/json"
-    )
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    return _answer(HTTP_STATUS.get(code, 500), text.encode(), JSON)
+
+
+def _answer(status: int, body: bytes, content_type: str) -> web.Response:
+    # Exactly the type Twirp's Go code sets: `text=` would make aiohttp append a charset, and
+    # LiveKit's Node SDK only parses error bodies whose type is exactly "application/json".
+    return web.Response(status=status, body=body, headers={"Content-Type": content_type})
+
+
+def _plain(status: int, text: str) -> web.Response:
+    # What Go's net/http sniffs for the real server's HandleError text bodies.
+    return web.Response(status=status, text=text, content_type="text/plain", charset="utf-8")
+
+
+def _go_quote(value: str) -> str:
+    """Close to Go's %q: a double-quoted string with JSON-like escapes."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _bad_route(msg: str, request: web.Request) -> TwirpError:
+    return TwirpError("bad_route", msg, {"twirp_invalid_route": f"{request.method} {request.path}"})
 
 
 @dataclass(slots=True)
@@ -81,7 +106,9 @@ class CallRecord:
     method: str  # "AgentDispatchService/CreateDispatch"
     room: str
     at_ns: int  # arrival, unix ns
-    code: str  # "ok", a Twirp code, "dropped", or "http_401"/"http_413" for plain-text answers
+    # "ok", a Twirp code, "dropped", "lost_answer" (took effect, answered with an error), or
+    # "http_401"/"http_413" for plain-text answers
+    code: str
     dispatch_id: str = ""
 
 
@@ -164,56 +191,54 @@ class TwirpService:
         method = path.removeprefix("livekit.")
         room_name = ""
         try:
-            if self._faults.twirp:
-                fault = self._faults.for_endpoint(method)
-                if fault is not None:
-                    if fault.latency_ms > 0:
-                        await asyncio.sleep(fault.latency_ms / 1000)
-                    if self._faults.roll(fault.drop_rate):
-                        self._record(method, "", at_ns, "dropped")
-                        if request.transport is not None:
-                            request.transport.abort()
-                        return web.Response(status=499)
-                    if self._faults.roll(fault.error_rate):
-                        raise TwirpError(fault.error_code, fault.error_msg)
-            try:
-                video = auth.request_video_grants(request, self._keys)
-            except web.HTTPUnauthorized as exc:
-                self._record(method, "", at_ns, "http_401")
-                return web.Response(status=401, text=exc.text or "")
-            entry = self._methods.get(path)
-            if request.method != "POST":
-                raise TwirpError(
-                    "bad_route", f"unsupported method {request.method!r} (only POST is allowed)"
-                )
-            if entry is None:
-                raise TwirpError("bad_route", f'no handler for path "/twirp/{path}"')
-            req_cls, handler = entry
+            dropped = await self._faults_before(method, request)
+            if dropped is not None:
+                self._record(method, "", at_ns, "dropped")
+                return dropped
+            # The real server's RequestBodyLimiter runs before its authentication middleware.
             if (
                 request.content_length is not None
                 and request.content_length > MAX_REQUEST_BODY_BYTES
             ):
                 self._record(method, "", at_ns, "http_413")
-                return web.Response(status=413, text="request body too large")
+                return _plain(413, "request body too large")
             try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                self._record(method, "", at_ns, "http_413")
-                return web.Response(status=413, text="request body too large")
-            as_json = self._is_json(request.content_type)
-            req = self._decode(req_cls, body, as_json)
+                video = auth.request_video_grants(request, self._keys)
+            except web.HTTPUnauthorized as exc:
+                self._record(method, "", at_ns, "http_401")
+                return _plain(401, exc.text or "")
+            entry = self._methods.get(path)
+            if request.method != "POST":
+                raise _bad_route(
+                    f"unsupported method {_go_quote(request.method)} (only POST is allowed)",
+                    request,
+                )
+            if entry is None:
+                raise _bad_route(f"no handler for path {_go_quote(request.path)}", request)
+            req_cls, handler = entry
+            as_json = self._is_json(request)
+            req = self._decode(req_cls, await self._read_body(request, as_json), as_json)
             room_name = getattr(req, "room", "") or getattr(req, "name", "")
             result = await handler(video, req)
         except TwirpError as exc:
             self._record(method, room_name, at_ns, exc.code)
             return twirp_error_response(exc.code, exc.msg, exc.meta)
         dispatch_id = result.id if isinstance(result, agent_dispatch.AgentDispatch) else ""
-        self._record(method, room_name, at_ns, "ok", dispatch_id)
-        if self._faults.twirp:
-            fault = self._faults.for_endpoint(method)
-            if fault is not None and fault.response_delay_ms > 0:
-                # The call took effect; its answer is late (a slow network, a lost reply).
-                await asyncio.sleep(fault.response_delay_ms / 1000)
+        fault = self._faults.for_endpoint(method) if self._faults.twirp else None
+        lost = fault is not None and self._faults.roll(fault.lost_answer_rate)
+        self._record(method, room_name, at_ns, "lost_answer" if lost else "ok", dispatch_id)
+        if lost:
+            self._faults.count("lost_answer")
+        if (
+            fault is not None
+            and fault.response_delay_ms > 0
+            and self._faults.roll(fault.response_delay_rate)
+        ):
+            # The call took effect; its answer is late (a slow network, a lost reply).
+            self._faults.count("delayed")
+            await asyncio.sleep(fault.response_delay_ms / 1000)
+        if fault is not None and lost:
+            return twirp_error_response(fault.error_code, fault.error_msg)
         if as_json:
             text = json_format.MessageToJson(
                 result,
@@ -221,16 +246,53 @@ class TwirpService:
                 always_print_fields_with_no_presence=True,
                 indent=None,
             )
-            return web.Response(text=text, content_type="application/json")
-        return web.Response(body=result.SerializeToString(), content_type="application/protobuf")
+            return _answer(200, text.encode(), JSON)
+        return _answer(200, result.SerializeToString(), PROTOBUF)
+
+    async def _faults_before(self, method: str, request: web.Request) -> web.Response | None:
+        """Apply the endpoint's latency, drop and error faults before the call is handled.
+
+        Returns the (never sent) answer of a dropped connection; raises the injected error.
+        """
+        fault = self._faults.for_endpoint(method) if self._faults.twirp else None
+        if fault is None:
+            return None
+        if fault.latency_ms > 0:
+            await asyncio.sleep(fault.latency_ms / 1000)
+        if self._faults.roll(fault.drop_rate):
+            self._faults.count("dropped")
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=499)
+        if self._faults.roll(fault.error_rate):
+            self._faults.count("error")
+            raise TwirpError(fault.error_code, fault.error_msg)
+        return None
 
     @staticmethod
-    def _is_json(content_type: str) -> bool:
-        if content_type == "application/protobuf":
+    def _is_json(request: web.Request) -> bool:
+        """The request's encoding, from its Content-Type's media type (parameters ignored)."""
+        header = request.headers.get("Content-Type", "")
+        media_type = header.split(";", 1)[0].strip().lower()
+        if media_type == PROTOBUF:
             return False
-        if content_type == "application/json":
+        if media_type == JSON:
             return True
-        raise TwirpError("bad_route", f"unexpected Content-Type: {content_type!r}")
+        raise _bad_route(f"unexpected Content-Type: {_go_quote(header)}", request)
+
+    @staticmethod
+    async def _read_body(request: web.Request, as_json: bool) -> bytes:
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            # A body with no (or a false) Content-Length that outgrows the limit: the real
+            # server's MaxBytesReader fails Twirp's read, which answers `malformed`.
+            msg = (
+                "the json request could not be decoded"
+                if as_json
+                else "failed to read request body"
+            )
+            raise TwirpError("malformed", msg) from exc
 
     @staticmethod
     def _decode(req_cls: type[Message], body: bytes, as_json: bool) -> Message:

@@ -13,7 +13,7 @@ from enum import Enum
 from aiohttp import web
 from livekit.protocol import agent, models
 
-from livekit_sim import ids
+from livekit_sim import ids, job_log
 from livekit_sim.agent_tokens import default_permissions
 from livekit_sim.agent_worker import (
     ASSIGN_JOB_TIMEOUT_S,
@@ -27,6 +27,7 @@ from livekit_sim.agent_worker import (
 )
 from livekit_sim.auth import PERMISSION_DENIED, api_key_of, request_claims, token_from_request
 from livekit_sim.faults import Faults
+from livekit_sim.job_log import JobLog
 
 log = logging.getLogger("livekit_sim.workers")
 
@@ -47,8 +48,14 @@ class TerminationReason(Enum):
     AGENT_LEFT_ROOM = "agent_left_room"  # agent left / room closed: JS_FAILED if still running
 
 
+_END_REASONS = {
+    TerminationReason.TERMINATION_REQUESTED: job_log.TERMINATION_REQUESTED,
+    TerminationReason.AGENT_LEFT_ROOM: job_log.AGENT_LEFT_ROOM,
+}
+
+
 class WorkerPool:
-    """All connected workers and the jobs they run.
+    """All connected workers and the jobs they run; `job_log` records every job accepted.
 
     `availability_timeout_s`, `register_timeout_s` and `target_load` are plain attributes a test
     may change at any time.
@@ -63,9 +70,11 @@ class WorkerPool:
         register_timeout_s: float = REGISTER_TIMEOUT_S,
         target_load: float = TARGET_LOAD,
         region: str = "",
+        max_job_log: int = 100_000,
     ) -> None:
         self._keys = keys
         self._faults = faults
+        self.job_log = JobLog(max_job_log)
         self.availability_timeout_s = availability_timeout_s
         self.register_timeout_s = register_timeout_s
         self.target_load = target_load
@@ -128,6 +137,7 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.availability_timeout_s
         if self._faults.workers_never_answer:
+            self._faults.count("workers_never_answer")
             await asyncio.sleep(self.availability_timeout_s)
             log.info("failed to send job request error=%r %s", "request timed out", where)
             return None
@@ -156,6 +166,7 @@ class WorkerPool:
                 return None
             if state.status == agent.JS_RUNNING:
                 self._job_to_worker[job.id] = worker
+                self.job_log.assigned(job, state)
                 log.info(
                     "assigned job to worker %s workerID=%s apiKey=%s",
                     where,
@@ -164,14 +175,22 @@ class WorkerPool:
                 )
             return state
 
-    async def terminate_job(self, job_id: str, reason: TerminationReason) -> agent.JobState | None:
-        """Send JobTermination to the job's worker; the job's state after it, None if unknown."""
+    async def terminate_job(
+        self, job_id: str, reason: TerminationReason, *, end_reason: str | None = None
+    ) -> agent.JobState | None:
+        """Send JobTermination to the job's worker; the job's state after it, None if unknown.
+
+        `end_reason` is what the job log records when it is more precise than `reason`
+        (job_log.ROOM_CLOSED).
+        """
         worker = self._job_to_worker.pop(job_id, None)
         state = None
         if worker is not None:
             left = reason is TerminationReason.AGENT_LEFT_ROOM
             state = await worker.terminate_job(job_id, agent_left_room=left)
-        if state is None:
+        if state is not None:
+            self.job_log.ended(job_id, state, end_reason or _END_REASONS[reason])
+        else:
             log.info("failed to send job request error=%r jobID=%s", "no running job", job_id)
         return state
 
@@ -239,6 +258,7 @@ class WorkerPool:
             self._workers.pop(worker.id, None)
             for job_id in worker.running_jobs:
                 self._job_to_worker.pop(job_id, None)
+            self.job_log.worker_disconnected(list(worker.running_jobs))
             worker.close()
             log.info(
                 "closing worker workerID=%s jobType=%s agentName=%r",
@@ -310,6 +330,9 @@ class WorkerPool:
                     log.debug("received job update for unknown job jobID=%s", msg.update_job.job_id)
                 elif state.status in (agent.JS_SUCCESS, agent.JS_FAILED):
                     self._job_to_worker.pop(msg.update_job.job_id, None)
+                    self.job_log.ended(
+                        msg.update_job.job_id, state, agent.JobStatus.Name(state.status)
+                    )
             elif which == "update_worker":
                 worker.handle_update_worker(msg.update_worker)
             elif which == "ping":
@@ -337,9 +360,12 @@ class WorkerPool:
         if req.HasField("participant"):
             job.participant.CopyFrom(req.participant)
         try:
-            await worker.assign_job(job, ASSIGN_JOB_TIMEOUT_S)
+            state = await worker.assign_job(job, ASSIGN_JOB_TIMEOUT_S)
         except AssignError as exc:
             log.error("unable to simulate job jobID=%s error=%r", job.id, str(exc))
+            return
+        if state.status == agent.JS_RUNNING:
+            self.job_log.assigned(job, state)
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(coro)

@@ -33,7 +33,9 @@ class FakeWorkers:
             return None
         return agent.JobState(status=agent.JobStatus.JS_RUNNING, worker_id="AW_fakefakefake")
 
-    async def terminate_job(self, job_id: str, reason: TerminationReason) -> agent.JobState | None:
+    async def terminate_job(
+        self, job_id: str, reason: TerminationReason, *, end_reason: str | None = None
+    ) -> agent.JobState | None:
         self.terminated.append((job_id, reason))
         return agent.JobState(status=agent.JobStatus.JS_SUCCESS)
 
