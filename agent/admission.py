@@ -6,6 +6,7 @@ process).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 from livekit.agents import AgentServer, JobRequest
@@ -16,6 +17,11 @@ from agent.metadata import salvage_ids
 from agent.settings import AgentSettings
 
 SESSION_ID_ATTRIBUTE = "lkd.session_id"
+WIND_DOWN_WAIT_S = 1.5
+"""How long a job for a room waits for this worker's previous session there to end: a session
+writes its report before its process exits, so the orchestrator may dispatch the room's next
+session a moment before. Well within LiveKit's ~3 s to answer a job request."""
+WIND_DOWN_POLL_S = 0.05
 CPU_SAMPLE_INTERVAL_S = 1.0
 MAX_IDENTITY_CHARS = 256
 
@@ -48,8 +54,9 @@ class SessionLoad:
 
 
 class RequestHandler:
-    """Answers every job request at once: accepts with the session's identity, or rejects a
-    job for a room where this worker already runs a session.
+    """Answers every job request: accepts with the session's identity, or rejects a job for a
+    room where this worker already runs a session (after a moment's wait, when that is
+    another session, for it to end).
 
     A rejection uses terminate=True: the job ends instead of going to another worker, since
     another worker taking it would put a second agent in a room that has one (the
@@ -59,8 +66,14 @@ class RequestHandler:
     def __init__(self, server: AgentServer, agent_name: str) -> None:
         self._server = server
         self._agent_name = agent_name
-        self._starting: set[str] = set()
-        """Rooms of accepted jobs not yet running (accept() waits for the assignment)."""
+        self._starting: dict[str, tuple[str, str | None]] = {}
+        """Accepted jobs not yet running in a process, by job id: (room, session id).
+        livekit-agents' accept() returns once the job runs in a process, which may first have
+        to be started."""
+
+    def starting_sessions(self) -> list[str]:
+        """Session ids of the jobs accepted and not yet running in a process."""
+        return [sid for _, sid in self._starting.values() if sid]
 
     def _running_in(self, room: str) -> list[str]:
         """Session ids of this worker's jobs in `room`, starting or running."""
@@ -69,13 +82,25 @@ class RequestHandler:
             for info in self._server.active_jobs
             if info.job.room.name == room
         ]
-        return running or (["(starting)"] if room in self._starting else [])
+        starting = [sid or job for job, (r, sid) in self._starting.items() if r == room]
+        return running or starting
+
+    async def _room_taken(self, room: str, session_id: str | None) -> list[str]:
+        """The sessions this worker still runs in `room`, once another session's job there
+        had up to WIND_DOWN_WAIT_S to end."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WIND_DOWN_WAIT_S
+        while running := self._running_in(room):
+            if session_id in running or loop.time() >= deadline:
+                return running
+            await asyncio.sleep(WIND_DOWN_POLL_S)
+        return []
 
     async def __call__(self, request: JobRequest) -> None:
         room = request.room.name
         session_id = salvage_ids(request.job.metadata).session_id
         log = get_logger(room=room, job_id=request.id, session_id=session_id)
-        if running := self._running_in(room):
+        if running := await self._room_taken(room, session_id):
             log.warning(
                 "rejecting the job: this worker already runs a session in its room",
                 running_sessions=running,
@@ -86,10 +111,10 @@ class RequestHandler:
         if len(identity) > MAX_IDENTITY_CHARS:
             identity = ""
         attributes = {SESSION_ID_ATTRIBUTE: session_id} if session_id else {}
-        self._starting.add(room)
+        self._starting[request.id] = (room, session_id)
         try:
             await request.accept(name=self._agent_name, identity=identity, attributes=attributes)
         except Exception as exc:  # e.g. AssignmentTimeoutError: the answer itself was sent
             log.warning("job accepted but not started", error=f"{type(exc).__name__}: {exc}")
         finally:
-            self._starting.discard(room)
+            self._starting.pop(request.id, None)

@@ -17,8 +17,10 @@ from agent.admission import RequestHandler, SessionLoad
 from agent.handlers import load_handler
 from agent.log import configure as configure_logging
 from agent.log import get_logger
+from agent.redis_link import RedisLink
 from agent.session import entrypoint, on_session_end, setup_process
 from agent.settings import AgentSettings, load_settings
+from agent.worker_beat import WorkerBeat
 
 
 def build_server(settings: AgentSettings) -> AgentServer:
@@ -44,13 +46,19 @@ def build_server(settings: AgentSettings) -> AgentServer:
         **options,
     )
     agent_name = settings.effective_agent_name
+    requests = RequestHandler(server, agent_name)
     server.rtc_session(
-        entrypoint,
-        agent_name=agent_name,
-        on_request=RequestHandler(server, agent_name),
-        on_session_end=on_session_end,
+        entrypoint, agent_name=agent_name, on_request=requests, on_session_end=on_session_end
     )
-    log = get_logger(agent_name=agent_name)
+    beat = WorkerBeat(
+        server,
+        requests,
+        RedisLink(settings.redis_url),
+        agent_name=agent_name,
+        max_sessions=settings.max_sessions,
+        interval_s=settings.worker_heartbeat_interval_s,
+    )
+    log = get_logger(agent_name=agent_name, instance=beat.instance)
 
     def _started() -> None:
         if agent_name != settings.agent_name:
@@ -62,8 +70,10 @@ def build_server(settings: AgentSettings) -> AgentServer:
             handler=settings.session_handler,
             max_sessions=settings.max_sessions,
         )
+        beat.start()
 
     def _registered(worker_id: str, info: ServerInfo) -> None:
+        beat.worker_id = worker_id
         log.info(
             "registered with LiveKit: dispatches must use this agent_name",
             worker_id=worker_id,

@@ -12,7 +12,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agent.errors import ConfigError
-from tasks.keys import AGENT_HEARTBEAT_INTERVAL_S
+from tasks.keys import AGENT_HEARTBEAT_INTERVAL_S, AGENT_WORKER_HEARTBEAT_INTERVAL_S
 from tasks.models import check_agent_name
 
 DEFAULT_AGENT_NAME = "support-agent"
@@ -71,6 +71,9 @@ class AgentSettings(BaseSettings):
     """How long a cancelled handler gets to clean up when the session ends from outside."""
     heartbeat_interval_s: float = Field(AGENT_HEARTBEAT_INTERVAL_S, gt=0)
     """How often a running session refreshes its heartbeat in Redis."""
+    worker_heartbeat_interval_s: float = Field(AGENT_WORKER_HEARTBEAT_INTERVAL_S, gt=0)
+    """How often the worker refreshes its record of the sessions it holds (starting or
+    running); keep it well under the orchestrator's LKD_AGENT_WORKER_TIMEOUT_S."""
 
     greeting_text: str = "Hello! You are connected to the agent."
     """What the default handler sends when the first person joins."""

@@ -18,7 +18,7 @@ from orchestrator.context import CTX_KEY, Context
 from orchestrator.livekit_gateway import LiveKitGateway
 from orchestrator.local_redis import LocalRedis
 from orchestrator.settings import Settings
-from orchestrator.state import SessionStore
+from orchestrator.state import Lease, SessionStore
 from tasks import create_redis
 
 BATCH = 200
@@ -69,11 +69,15 @@ async def one_pass(redis_url: str, sessions: int) -> None:
 
 async def claim_and_dispatch(store: SessionStore, i: int) -> None:
     session_id, event_id = f"S_bench{i}", f"bench-{i}"
+    lease = Lease(f"bench-{i}", 3_600_000)
     await store.claim(
         session_id=session_id, generation=0, event_id=event_id, room=f"bench-room-{i}",
         agent_name="bench-agent", enqueued_ms=int(time.time() * 1000),
+        dispatch_job=f"dispatch:{event_id}", lease=lease,
     )  # fmt: skip
-    await store.mark_dispatched(session_id, event_id, "AD_bench", "{}", check_in_s=3600, attempt=1)
+    await store.mark_dispatched(
+        session_id, event_id, "AD_bench", "{}", check_in_s=3600, attempt=1, lease=lease
+    )
 
 
 def main() -> None:

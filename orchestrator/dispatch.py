@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from arq import Retry
-from livekit import api
 from pydantic import ValidationError
 
 from orchestrator import metrics
 from orchestrator.context import Context, of
 from orchestrator.errors import LiveKitError, describe_validation
 from orchestrator.rejections import reject
+from orchestrator.retries import give_up_reason, job_lease, retry_delay, wait_for_lease
 from orchestrator.sessions import fail_session
+from orchestrator.state import Claim, Lease
 from tasks.models import DispatchRequest, session_id_for
 
 log = structlog.get_logger("orchestrator.dispatch")
@@ -65,34 +65,68 @@ async def _dispatch(
     agent_name = request.agent_name or c.settings.agent_name
     enqueue_time: datetime = ctx["enqueue_time"]
     behind = time.time() - ctx["score"] / 1000 > BACKLOG_WAIT_S  # score: due at, unix ms
-    claim = await c.store.claim(
-        session_id=session_id,
-        generation=generation,
-        event_id=request.event_id,
-        room=request.room,
-        agent_name=agent_name,
-        enqueued_ms=int(enqueue_time.timestamp() * 1000),
-        linger_s=c.settings.backlog_linger_ms / 1000 if behind else 0.0,
-    )
+    lease = job_lease(ctx)
+    while True:
+        claim = await c.store.claim(
+            session_id=session_id,
+            generation=generation,
+            event_id=request.event_id,
+            room=request.room,
+            agent_name=agent_name,
+            enqueued_ms=int(enqueue_time.timestamp() * 1000),
+            dispatch_job=ctx["job_id"],
+            lease=lease,
+            linger_s=c.settings.backlog_linger_ms / 1000 if behind else 0.0,
+        )
+        if claim.kind != "busy":
+            break
+        # Another run of this very job is dispatching (arq started it again after Redis lost
+        # its in-progress mark): wait for it, then find what it did.
+        await wait_for_lease(ctx, claim.busy_ms)
+    if claim.kind == "duplicate_event" and claim.session_id == session_id and ctx["job_try"] > 1:
+        # An earlier run of this job handled the event and did not live to record its result.
+        return await _earlier_outcome(c, session_id)
     if claim.kind in ("deduplicated", "duplicate_event"):
         metrics.DISPATCH_OUTCOMES.labels(claim.kind).inc()
         log.info("event not dispatched", outcome=claim.kind, live_session=claim.session_id)
         return {"outcome": claim.kind, "session_id": claim.session_id}
+    async with c.store.holding(session_id, lease):
+        return await _dispatch_claimed(
+            ctx, c, request, session_id, generation, agent_name, claim, lease
+        )
 
+
+async def _dispatch_claimed(
+    ctx: dict[str, Any],
+    c: Context,
+    request: DispatchRequest,
+    session_id: str,
+    generation: int,
+    agent_name: str,
+    claim: Claim,
+    lease: Lease,
+) -> dict[str, Any]:
+    enqueue_time: datetime = ctx["enqueue_time"]
     metadata = request.job_metadata(session_id)
     try:
         dispatch = None
         if claim.kind == "resume":
             # An earlier try claimed the room and may have created the dispatch before it
             # died: adopt that one rather than put a second agent in the room.
-            dispatch = await find_session_dispatch(c, request.room, session_id)
+            dispatch = await c.livekit.session_dispatch(request.room, session_id)
             if dispatch is not None:
                 log.info("adopted existing dispatch", dispatch_id=dispatch.id)
         if dispatch is None:
             dispatch = await c.livekit.create_dispatch(agent_name, request.room, metadata)
             metrics.TIME_TO_DISPATCH.observe(max(0.0, time.time() - enqueue_time.timestamp()))
     except LiveKitError as exc:
-        return await _on_livekit_error(ctx, c, request, session_id, agent_name, generation, exc)
+        delay = retry_delay(ctx, exc)
+        if delay is None:
+            reason = give_up_reason(ctx, exc)
+            return await _fail(ctx, c, request, session_id, generation, agent_name, reason)
+        await c.store.transition(session_id, ("claimed",), last_error=str(exc))
+        log.warning("LiveKit error, will retry", error=str(exc), retry_in_s=round(delay, 3))
+        raise Retry(defer=delay) from exc
 
     recorded = await c.store.mark_dispatched(
         session_id,
@@ -101,8 +135,9 @@ async def _dispatch(
         metadata,
         check_in_s=c.settings.assignment_check_delay_s,
         attempt=1,
+        lease=lease,
     )
-    if not recorded:
+    if not recorded and await c.store.recorded_dispatch(session_id) != dispatch.id:
         # The session ended (end_session) while we dispatched: take the agent back out.
         await c.livekit.delete_dispatch(dispatch.id, request.room)
         log.info("session ended during dispatch; dispatch withdrawn", dispatch_id=dispatch.id)
@@ -112,24 +147,26 @@ async def _dispatch(
     return {"outcome": "dispatched", "session_id": session_id, "dispatch_id": dispatch.id}
 
 
-async def _on_livekit_error(
+async def _earlier_outcome(c: Context, session_id: str) -> dict[str, Any]:
+    """The outcome an earlier run of this job reached for its session."""
+    session = await c.store.get(session_id) or {}
+    if session.get("status") == "failed":
+        reason = session.get("last_error", "")
+        return {"outcome": "failed", "session_id": session_id, "reason": reason}
+    if dispatch_id := session.get("dispatch_id"):
+        return {"outcome": "dispatched", "session_id": session_id, "dispatch_id": dispatch_id}
+    return {"outcome": "duplicate_event", "session_id": session_id}
+
+
+async def _fail(
     ctx: dict[str, Any],
     c: Context,
     request: DispatchRequest,
     session_id: str,
-    agent_name: str,
     generation: int,
-    exc: LiveKitError,
+    agent_name: str,
+    reason: str,
 ) -> dict[str, Any]:
-    job_try: int = ctx["job_try"]
-    if exc.retryable and job_try < c.settings.dispatch_max_tries:
-        delay = c.backoff_s(job_try)
-        await c.store.transition(session_id, ("claimed",), last_error=str(exc), tries=job_try)
-        log.warning("LiveKit error, will retry", error=str(exc), retry_in_s=round(delay, 3))
-        raise Retry(defer=delay)
-    reason = str(exc)
-    if exc.retryable:
-        reason = f"gave up after {job_try} tries: {reason}"
     await fail_session(
         c,
         session_id=session_id,
@@ -142,19 +179,3 @@ async def _on_livekit_error(
         job_id=ctx["job_id"],
     )
     return {"outcome": "failed", "session_id": session_id, "reason": reason}
-
-
-def dispatch_session_id(dispatch: api.AgentDispatch) -> str | None:
-    """The session id a dispatch carries in its metadata, if it is one of ours."""
-    try:
-        value = json.loads(dispatch.metadata).get("session_id")
-    except (ValueError, AttributeError):
-        return None
-    return value if isinstance(value, str) else None
-
-
-async def find_session_dispatch(c: Context, room: str, session_id: str) -> api.AgentDispatch | None:
-    for dispatch in await c.livekit.room_dispatches(room):
-        if dispatch_session_id(dispatch) == session_id:
-            return dispatch
-    return None

@@ -171,6 +171,7 @@ async def worker_checks(redis: Redis) -> list[Check]:
         text = beat.decode(errors="replace") if isinstance(beat, bytes) else str(beat)
         stats = text.split(" ", 2)[-1]
         checks.append(Check("orchestrator workers", "ok", f"alive: {stats}"))
+    checks.append(await _last_outage(redis))
     lag_s = time.time() - oldest[0][1] / 1000 if oldest else 0.0
     if depth and lag_s > QUEUE_LAG_WARN_S:
         checks.append(
@@ -185,6 +186,24 @@ async def worker_checks(redis: Redis) -> list[Check]:
     else:
         checks.append(Check("queue", "ok", f"{depth} jobs waiting"))
     return checks
+
+
+async def _last_outage(redis: Redis) -> Check:
+    """The last Redis outage the workers rode out, as they recorded it."""
+    try:
+        record = await redis.hgetall(keys.REDIS_OUTAGE)  # type: ignore[misc]
+    except (RedisError, OSError):
+        return Check("redis outages", "skip", "Redis is unreachable")
+    started, ended = (int(record.get(k, 0)) for k in (b"started_ms", b"ended_ms"))
+    if not ended:
+        return Check("redis outages", "ok", "none recorded")
+    ago_s = time.time() - ended / 1000
+    return Check(
+        "redis outages",
+        "ok",
+        f"the workers rode out the last one: it lasted {(ended - started) / 1000:.0f} s and "
+        f"ended {ago_s:.0f} s ago",
+    )
 
 
 async def read_livekit_clock(http_url: str, timeout_s: float) -> LiveKitClock:

@@ -7,6 +7,7 @@ lighter HTTP machinery), each with a fresh access token (`orchestrator.api_token
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, TypeVar
 
@@ -91,6 +92,19 @@ class LiveKitGateway:
         )
         return list(response.agent_dispatches)
 
+    async def session_dispatches(self, room: str, session_id: str) -> list[api.AgentDispatch]:
+        """The room's dispatches made for `session_id` (the session id their metadata
+        carries), oldest first."""
+        found = [
+            d for d in await self.room_dispatches(room) if dispatch_session_id(d) == session_id
+        ]
+        return sorted(found, key=lambda d: d.state.created_at)
+
+    async def session_dispatch(self, room: str, session_id: str) -> api.AgentDispatch | None:
+        """A dispatch made for `session_id` in `room`, if one stands."""
+        found = await self.session_dispatches(room, session_id)
+        return found[0] if found else None
+
     async def delete_dispatch(self, dispatch_id: str, room: str) -> bool:
         """Delete a dispatch (its agent leaves); False when it or its room is already gone.
 
@@ -134,3 +148,12 @@ class LiveKitGateway:
             roomList=True,
         )
         return list(response.rooms)
+
+
+def dispatch_session_id(dispatch: api.AgentDispatch) -> str | None:
+    """The session id a dispatch carries in its metadata, if it is one of ours."""
+    try:
+        value = json.loads(dispatch.metadata).get("session_id")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None

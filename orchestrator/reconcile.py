@@ -1,37 +1,50 @@
-"""Reconciliation (arq cron): every session ends with exactly one report, even when its agent
-died without running its shutdown code, and no room stays claimed by a finished session.
+"""Reconciliation (arq cron): every session ends with exactly one report, whatever became of
+the jobs that were to end it, and no room stays claimed by a finished session.
 
-A live session's agent is taken for gone when
-- it sent heartbeats and the last one is older than the grace period (its process was killed), or
-- it never sent one and its dispatch is gone from LiveKit (room closed, dispatch deleted) for
-  longer than the grace period.
-Such a session gets a synthesized `lost` report; any dispatch it still has is deleted, so a
-zombie agent cannot share the room with the next session.
+What it decides, for each live session that is due:
+- `claimed` long after its claim, with its dispatch job gone: the dispatch it made is adopted,
+  or the session fails (dead letter) and its room is free.
+- `dispatched` past the time its assignment check should have run, with no check queued or
+  running: a new check is queued (a check that failed keeps its job id for an hour, so the
+  same id would be refused).
+- An agent is `lost` only when it is gone by what LiveKit and our agent report, never on a
+  start that is merely slow:
+  - while one of our agent workers holds the session (starting or running, by its record,
+    `tasks.heartbeat.WorkerRecord`), it is alive;
+  - otherwise, if the session sent heartbeats, the last is older than the grace period;
+  - or the agent took the job and never started the session within the grace period;
+  - or LiveKit saw it go (webhook: room closed, agent left) that long ago;
+  - for agents that send no heartbeats, its dispatch vanished from LiveKit.
+  A session no agent ever took is never `lost`: the assignment check fails it (dead letter)
+  or, when it was ended by request, it is closed as ended before an agent joined.
+- Silence is measured from when heartbeats could be written again: after the last Redis
+  outage or restart, not across it.
+
+A lost session gets a synthesized report; any dispatch it still has is deleted, so a zombie
+agent cannot share the room with the next session.
 
 A pass looks only at the sessions that are due (`keys.RECONCILE_DUE`): each visit schedules
-the next one for when a rule could next apply (a heartbeat going stale, a claim growing old),
-and no later than `Settings.session_check_every_s`, since nothing detected after a visit can
-fire sooner. Room claims are swept for orphans (left by a crash between steps) a bounded slice
-of the keyspace per pass: housekeeping only, since the claim script already takes over a claim
-whose session has ended, so an orphan never keeps a room from its next dispatch. What
-a pass reads, it reads in pages, each one script (sessions with their heartbeats; room claims
-checked against their holders' status and freed in Redis); only sessions that need something
-done cost a call of their own. Pages are small, so dispatches go on between them.
+the next one for when a rule could next apply, and no later than
+`Settings.session_check_every_s`. Room claims are swept for orphans (left by a crash between
+steps) a bounded slice of the keyspace per pass: housekeeping only, since the claim script
+already takes over a claim whose session has ended. What a pass reads, it reads in pages, each
+one script; only sessions that need something done cost a call of their own.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from orchestrator import queries
+from orchestrator.connections import UNREACHABLE
 from orchestrator.context import Context, of
-from orchestrator.dispatch import find_session_dispatch
 from orchestrator.errors import LiveKitError
 from orchestrator.sessions import fail_session, synthesize_report
-from orchestrator.state import TERMINAL, now_ms
+from orchestrator.state import TERMINAL, Lease, now_ms
 from tasks import heartbeat, keys
 from tasks.connection import text
 
@@ -45,33 +58,68 @@ SCAN_COUNT = 500
 SWEEP_KEYS_PER_PASS = 5_000
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """What one pass knows besides each session's record and heartbeat."""
+
+    now: int
+    quiet_since: int
+    """No heartbeat could be written before this (unix ms): the end of the last Redis outage
+    or restart. Silence is measured from here at the earliest."""
+    held: dict[str, heartbeat.SessionHold]
+    """Sessions a live agent worker of ours holds, and how."""
+
+
 async def reconcile_sessions(ctx: dict[str, Any]) -> dict[str, int]:
     c = of(ctx)
     started = time.perf_counter()
-    counts = {"checked": 0, "lost": 0, "adopted": 0, "failed": 0, "claims_freed": 0}
-    due = await c.store.due_sessions(now_ms())
-    for page in (due[i : i + PAGE] for i in range(0, len(due), PAGE)):
-        next_checks: dict[str, int] = {}
-        for session_id, (session, last_beat) in zip(
-            page, await _read_sessions(c, page), strict=True
-        ):
-            counts["checked"] += 1
-            try:
-                outcome = await _reconcile_one(c, session_id, session, last_beat)
-            except LiveKitError as exc:
-                log.warning(
-                    "reconciliation deferred: LiveKit error", session_id=session_id, error=str(exc)
-                )
-                continue  # still due: the next pass tries again
-            if outcome:
-                counts[outcome] += 1
-            if session is not None and outcome in (None, "adopted"):
-                next_checks[session_id] = next_check_ms(c, session, last_beat, now_ms())
-        await c.store.schedule_checks(next_checks)
-    counts["claims_freed"] = await free_orphan_claims(c)
-    await queries.trim_recent_sessions(c.redis, c.settings.session_retention_s)
+    counts = {"checked": 0, "lost": 0, "adopted": 0, "failed": 0, "closed": 0, "claims_freed": 0}
+    try:
+        evidence = await _evidence(c)
+        due = await c.store.due_sessions(evidence.now)
+        for page in (due[i : i + PAGE] for i in range(0, len(due), PAGE)):
+            await _reconcile_page(ctx, c, evidence, page, counts)
+        counts["claims_freed"] = await free_orphan_claims(c)
+        await queries.trim_recent_sessions(c.redis, c.settings.session_retention_s)
+    except UNREACHABLE as exc:
+        log.warning("reconciliation stopped: Redis unreachable", error=type(exc).__name__)
+        return counts
     log.info("reconciliation", duration_s=round(time.perf_counter() - started, 3), **counts)
     return counts
+
+
+async def _evidence(c: Context) -> Evidence:
+    now = now_ms()
+    uptime_s = int((await c.redis.info("server")).get("uptime_in_seconds", 0))
+    outage_end = await c.redis.hget(keys.REDIS_OUTAGE, "ended_ms")  # type: ignore[misc]
+    quiet_since = max(now - uptime_s * 1000, int(outage_end or 0))
+    since = now - int(c.settings.agent_worker_timeout_s * 1000)
+    held: dict[str, heartbeat.SessionHold] = {}
+    for record in await heartbeat.worker_records(c.redis, since):
+        for session_id, hold in record.sessions.items():
+            if held.get(session_id) != "running":
+                held[session_id] = hold
+    return Evidence(now=now, quiet_since=quiet_since, held=held)
+
+
+async def _reconcile_page(
+    ctx: dict[str, Any], c: Context, evidence: Evidence, page: list[str], counts: dict[str, int]
+) -> None:
+    next_checks: dict[str, int] = {}
+    for session_id, (session, last_beat) in zip(page, await _read_sessions(c, page), strict=True):
+        counts["checked"] += 1
+        try:
+            outcome = await _reconcile_one(ctx, c, evidence, session_id, session, last_beat)
+        except LiveKitError as exc:
+            log.warning(
+                "reconciliation deferred: LiveKit error", session_id=session_id, error=str(exc)
+            )
+            continue  # still due: the next pass tries again
+        if outcome:
+            counts[outcome] += 1
+        if session is not None and outcome in (None, "adopted"):
+            next_checks[session_id] = next_check_ms(c, evidence, session, last_beat)
+    await c.store.schedule_checks(next_checks)
 
 
 async def _read_sessions(
@@ -83,23 +131,58 @@ async def _read_sessions(
     ]
 
 
+def _ms(session: dict[str, str], field: str) -> int:
+    return int(session.get(field) or 0)
+
+
+def _agent_took_job(session: dict[str, str], last_beat: int | None) -> bool:
+    return (
+        last_beat is not None
+        or session.get("status") == "assigned"
+        or bool(session.get("job_id") or session.get("assigned_at"))
+    )
+
+
 async def _reconcile_one(
-    c: Context, session_id: str, session: dict[str, str] | None, last_beat: int | None
+    ctx: dict[str, Any],
+    c: Context,
+    evidence: Evidence,
+    session_id: str,
+    session: dict[str, str] | None,
+    last_beat: int | None,
 ) -> str | None:
     if session is None or session.get("status") in TERMINAL:
         await c.store.forget(session_id)
         return None
-    status, now = session.get("status", ""), now_ms()
+    status, now = session.get("status", ""), evidence.now
     grace_ms = c.settings.report_grace_s * 1000
 
-    if status == "claimed":
-        return await _stale_claim(c, session, now)
+    def silent_for(since_ms: int) -> int:
+        """How long nothing was heard since `since_ms`, not counting a Redis outage."""
+        return now - max(since_ms, evidence.quiet_since)
 
+    if status == "claimed":
+        return await _stale_claim(ctx, c, session, now)
     if status == "dispatched":
         await _ensure_confirmation(c, session, now)
+    if session_id in evidence.held:
+        return None  # a live agent worker of ours holds it, starting or running
+    took = _agent_took_job(session, last_beat)
 
-    gone_since = int(session.get("gone_since") or 0)
-    if gone_since and now - gone_since > grace_ms:
+    if last_beat is not None:
+        silent_ms = silent_for(last_beat)
+        if silent_ms <= grace_ms:
+            return None
+        return await _lost(
+            c,
+            session,
+            f"agent stopped sending heartbeats {round(silent_ms / 1000)} s ago, sent no report, "
+            "and no agent worker holds its session: its job process died without running its "
+            "shutdown code (killed, out of memory?) or its worker is gone",
+        )
+
+    gone_since = _ms(session, "gone_since")
+    if took and gone_since and silent_for(gone_since) > grace_ms:
         return await _lost(
             c,
             session,
@@ -108,83 +191,109 @@ async def _reconcile_one(
             f"{c.settings.report_grace_s:g} s",
         )
 
-    if last_beat is not None:
-        if now - last_beat <= grace_ms:
-            return None
-        silent_s = round((now - last_beat) / 1000)
+    assigned_at = _ms(session, "assigned_at")
+    if c.settings.agent_heartbeats and assigned_at and silent_for(assigned_at) > grace_ms:
         return await _lost(
             c,
             session,
-            f"agent stopped sending heartbeats {silent_s} s ago and sent no report: "
-            "its job process died without running its shutdown code (killed, out of memory?)",
+            f"the agent took the job {round((now - assigned_at) / 1000)} s ago but never "
+            "started its session, and no agent worker holds it: its job process died at "
+            "start-up, or its worker is gone",
         )
 
-    assigned_at = int(session.get("assigned_at") or 0)
-    if c.settings.agent_heartbeats and assigned_at and now - assigned_at > grace_ms:
-        return await _lost(
-            c,
-            session,
-            f"the agent took the job {round((now - assigned_at) / 1000)} s ago but "
-            "never signalled that its session started: its job process died at start-up",
-        )
+    if status == "ending" and not took:
+        requested = _ms(session, "end_requested_at") or _ms(session, "claimed_at")
+        if silent_for(requested) > grace_ms:
+            # end_session stopped before closing a session no agent had taken.
+            reason = session.get("end_reason") or "ended by request"
+            await synthesize_report(
+                c,
+                session,
+                status="completed",
+                reason="",
+                end_reason=f"ended before an agent joined: {reason}",
+            )
+            return "closed"
+        return None
 
     # An agent that sends no heartbeats (not ours): its dispatch vanishing from LiveKit is
     # the only sign it is gone.
-    started = int(session.get("dispatched_at") or session.get("claimed_at") or now)
-    if gone_since or now - started <= c.settings.assignment_check_delay_s * 1000 + grace_ms:
+    started = _ms(session, "dispatched_at") or _ms(session, "claimed_at") or now
+    if (
+        not took
+        or gone_since
+        or now - started <= c.settings.assignment_check_delay_s * 1000 + grace_ms
+    ):
         return None
-    if await find_session_dispatch(c, session["room"], session_id) is None:
+    if await c.livekit.session_dispatch(session["room"], session_id) is None:
         await c.store.transition(session_id, (status,), gone_since=now)
     return None
 
 
-def next_check_ms(c: Context, session: dict[str, str], last_beat: int | None, now: int) -> int:
+def next_check_ms(
+    c: Context, evidence: Evidence, session: dict[str, str], last_beat: int | None
+) -> int:
     """When reconciliation should next look at a live session (unix ms): the earliest time
     a rule of `_reconcile_one` could apply to what it is now, at the latest
     `session_check_every_s` from now."""
     s = c.settings
+    now = evidence.now
     grace_ms = int(s.report_grace_s * 1000)
     status = session.get("status")
     times = [now + max(1, int(s.session_check_every_s * 1000))]
+
+    def after_grace(since_ms: int) -> int:
+        return max(since_ms, evidence.quiet_since) + grace_ms
+
     if status == "claimed":
-        times.append(int(session.get("claimed_at") or now) + int(s.claim_stale_s * 1000))
+        times.append(_ms(session, "claimed_at") + int(s.claim_stale_s * 1000))
     else:
         if status == "dispatched":
             times.append(_confirmation_due(c, session, now))
-        if gone_since := int(session.get("gone_since") or 0):
-            times.append(gone_since + grace_ms)
+        if gone_since := _ms(session, "gone_since"):
+            times.append(after_grace(gone_since))
         if last_beat is not None:
-            times.append(last_beat + grace_ms)
-        if s.agent_heartbeats and (assigned_at := int(session.get("assigned_at") or 0)):
-            times.append(assigned_at + grace_ms)
-        started = int(session.get("dispatched_at") or session.get("claimed_at") or now)
+            times.append(after_grace(last_beat))
+        if s.agent_heartbeats and (assigned_at := _ms(session, "assigned_at")):
+            times.append(after_grace(assigned_at))
+        if status == "ending":
+            times.append(after_grace(_ms(session, "end_requested_at")))
+        started = _ms(session, "dispatched_at") or _ms(session, "claimed_at") or now
         times.append(started + int(s.assignment_check_delay_s * 1000) + grace_ms)
     return min(t for t in times if t > now)
 
 
 def _confirmation_due(c: Context, session: dict[str, str], now: int) -> int:
     """When a dispatch's assignment check is overdue (its confirm job lost in a crash)."""
-    attempts = max(1, int(session.get("attempts") or 1))
-    return int(session.get("dispatched_at") or now) + int(
+    attempts = max(1, _ms(session, "attempts") or 1)
+    return (_ms(session, "dispatched_at") or now) + int(
         (c.settings.assignment_check_delay_s * 2**attempts + c.settings.report_grace_s) * 1000
     )
 
 
 async def _ensure_confirmation(c: Context, session: dict[str, str], now: int) -> None:
-    """A dispatch whose assignment check is overdue (its confirm job was lost in a crash)
-    gets one; arq's job id makes this a no-op while the original is queued or kept."""
-    attempts = max(1, int(session.get("attempts") or 1))
+    """A dispatch whose assignment check is overdue and neither queued nor running (its job
+    was lost, or failed for good) gets a new check, under a new job id."""
     if now < _confirmation_due(c, session, now):
         return
-    dispatch_id = session.get("dispatch_id", "")
-    await c.redis.enqueue_job(
-        keys.CONFIRM_ASSIGNMENT,
-        session["session_id"],
-        dispatch_id,
-        attempts,
-        _job_id=keys.confirm_job_id(session["session_id"], dispatch_id),
-        _queue_name=keys.QUEUE_NAME,
-    )
+    session_id, dispatch_id = session["session_id"], session.get("dispatch_id", "")
+    pending = session.get("confirm_job") or keys.confirm_job_id(session_id, dispatch_id)
+    if await c.redis.exists(keys.ARQ_JOB_PREFIX + pending):
+        return  # queued or running: it will come
+    job_id = f"{keys.confirm_job_id(session_id, dispatch_id)}:w{now}"
+    attempts = max(1, _ms(session, "attempts") or 1)
+    if await c.store.transition(
+        session_id, ("dispatched",), having_dispatch=dispatch_id, confirm_job=job_id
+    ):
+        await c.redis.enqueue_job(
+            keys.CONFIRM_ASSIGNMENT,
+            session_id,
+            dispatch_id,
+            attempts,
+            _job_id=job_id,
+            _queue_name=keys.QUEUE_NAME,
+        )
+        log.warning("assignment check overdue: queued it again", session_id=session_id)
 
 
 async def _lost(c: Context, session: dict[str, str], reason: str) -> str | None:
@@ -200,28 +309,35 @@ async def _lost(c: Context, session: dict[str, str], reason: str) -> str | None:
     return "lost" if filed else None
 
 
-async def _stale_claim(c: Context, session: dict[str, str], now: int) -> str | None:
+async def _stale_claim(
+    ctx: dict[str, Any], c: Context, session: dict[str, str], now: int
+) -> str | None:
     """A session still `claimed` long after its claim: its dispatch job died for good (arq
     gave up on it). Adopt a dispatch it made, or fail it so the room is free again."""
-    claimed_at = int(session.get("claimed_at") or now)
-    if now - claimed_at <= c.settings.claim_stale_s * 1000:
+    if now - (_ms(session, "claimed_at") or now) <= c.settings.claim_stale_s * 1000:
         return None
-    event_id = session.get("event_id", "")
-    if await c.redis.exists(keys.ARQ_JOB_PREFIX + keys.dispatch_job_id(event_id)):
+    session_id, event_id = session["session_id"], session.get("event_id", "")
+    dispatch_job = session.get("dispatch_job") or keys.dispatch_job_id(event_id)
+    if await c.redis.exists(keys.ARQ_JOB_PREFIX + dispatch_job):
         return None  # arq still holds the job and will run it again
-    session_id = session["session_id"]
-    dispatch = await find_session_dispatch(c, session["room"], session_id)
-    if dispatch is not None:
-        payload = await c.redis.get(keys.session_payload_key(session_id))
-        await c.store.mark_dispatched(
-            session_id,
-            event_id,
-            dispatch.id,
-            payload.decode() if payload else dispatch.metadata,
-            check_in_s=c.settings.assignment_check_delay_s,
-            attempt=1,
-        )
-        return "adopted"
+    lease = Lease(token=f"reconcile#{now}", ttl_ms=int((c.settings.job_timeout_s + 2) * 1000))
+    answer, _ = await c.store.take_lease(session_id, lease, status="claimed")
+    if answer != "ok":
+        return None  # a run of the dispatch job is at it after all
+    async with c.store.holding(session_id, lease):
+        dispatch = await c.livekit.session_dispatch(session["room"], session_id)
+        if dispatch is not None:
+            payload = await c.redis.get(keys.session_payload_key(session_id))
+            await c.store.mark_dispatched(
+                session_id,
+                event_id,
+                dispatch.id,
+                text(payload) if payload else dispatch.metadata,
+                check_in_s=c.settings.assignment_check_delay_s,
+                attempt=1,
+                lease=lease,
+            )
+            return "adopted"
     await fail_session(
         c,
         session_id=session_id,
@@ -232,7 +348,7 @@ async def _stale_claim(c: Context, session: dict[str, str], now: int) -> str | N
         reason=f"the dispatch job for this event stopped after claiming the room and never "
         f"dispatched (last error: {session.get('last_error') or 'none recorded'})",
         event={"event_id": event_id, "room": session["room"]},
-        job_id="reconcile",
+        job_id=str(ctx.get("job_id", "reconcile")),
     )
     return "failed"
 

@@ -53,7 +53,11 @@ class Settings(BaseSettings):
     """How long a session whose agent is gone may wait for its report before it is `lost`."""
     agent_heartbeats: bool = True
     """Agents send heartbeats (this project's agent does): a session whose agent took the job
-    but sent none within report_grace_s is `lost`. Turn off for agents that do not."""
+    but sent none within report_grace_s, and that no agent worker holds, is `lost`. Turn off
+    for agents that do not."""
+    agent_worker_timeout_s: float = 10.0
+    """An agent worker whose record is older than this is gone, with the sessions it held
+    (our agent worker refreshes its record every AGENT_WORKER_HEARTBEAT_INTERVAL_S)."""
     claim_stale_s: float = 60.0
     """A session still `claimed` this long after its claim (its dispatch job died) is re-checked."""
     reconcile_interval_s: int = 10

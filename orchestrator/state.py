@@ -7,12 +7,16 @@ The room claim exists exactly while the room's session is not terminal.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from orchestrator.connections import UNREACHABLE
 from orchestrator.script_pipe import ScriptPipe
 from tasks import keys
 from tasks.connection import text
@@ -28,9 +32,13 @@ _LUA_TERMINAL = (
 )
 CHECK_JOB_TTL_MS = 24 * 3600 * 1000  # arq's default: a job not run a day after it was due expires
 
-# KEYS: event, room claim, session, live set, recent set, room sessions, reconcile due set
+# KEYS: event, room claim, session, live set, recent set, room sessions, reconcile due set,
+#       session lease
 # ARGV: session_id, generation, now_ms, event_ttl_s, retention_s, event_id, room, agent_name,
-#       enqueued_ms, session key prefix, first reconciliation at (unix ms)
+#       enqueued_ms, session key prefix, first reconciliation at (unix ms), dispatch job id,
+#       lease token, lease ttl (ms)
+# A claim (or the resumption of one by a later try) takes the session's lease: 'busy' when
+# another run of the dispatch job holds it.
 _CLAIM = (
     _LUA_TERMINAL
     + """
@@ -40,8 +48,11 @@ if ev_sid then
   local ev_gen = tonumber(redis.call('HGET', KEYS[1], 'generation') or '0')
   if ev_sid == sid then
     local status = redis.call('HGET', KEYS[3], 'status')
-    if status == 'claimed' then return {'resume', sid} end
-    return {'duplicate_event', ev_sid}
+    if status ~= 'claimed' then return {'duplicate_event', ev_sid} end
+    local holder = redis.call('GET', KEYS[8])
+    if holder and holder ~= ARGV[13] then return {'busy', sid, redis.call('PTTL', KEYS[8])} end
+    redis.call('SET', KEYS[8], ARGV[13], 'PX', ARGV[14])
+    return {'resume', sid}
   end
   if ev_gen >= gen then return {'duplicate_event', ev_sid} end
 end
@@ -60,8 +71,9 @@ redis.call('HSET', KEYS[1], 'session_id', sid, 'generation', gen, 'outcome', 'cl
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('HSET', KEYS[3], 'session_id', sid, 'event_id', ARGV[6], 'room', ARGV[7],
            'agent_name', ARGV[8], 'generation', gen, 'status', 'claimed',
-           'enqueued_at', ARGV[9], 'claimed_at', now, 'attempts', 0)
+           'enqueued_at', ARGV[9], 'claimed_at', now, 'attempts', 0, 'dispatch_job', ARGV[12])
 redis.call('PERSIST', KEYS[3])
+redis.call('SET', KEYS[8], ARGV[13], 'PX', ARGV[14])
 redis.call('ZADD', KEYS[4], now, sid)
 redis.call('ZADD', KEYS[5], now, sid)
 redis.call('ZADD', KEYS[6], now, sid)
@@ -72,7 +84,7 @@ return {'claimed', sid}
 )
 
 # KEYS: report filed, results stream, session, live set, room claim, session payload,
-#       reconcile due set
+#       reconcile due set, session lease
 # ARGV: session_id, status, report_json, event_id, room, retention_s, maxlen, then field pairs
 _FILE_REPORT = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[6]) then return 0 end
@@ -85,19 +97,27 @@ redis.call('EXPIRE', KEYS[3], ARGV[6])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[7], ARGV[1])
 if redis.call('GET', KEYS[5]) == ARGV[1] then redis.call('DEL', KEYS[5]) end
-redis.call('DEL', KEYS[6])
+redis.call('DEL', KEYS[6], KEYS[8])
 return 1
 """
 
-# KEYS: session, event, payload, check's arq job key, its arq result key, arq queue
+# KEYS: session, event, payload, check's arq job key, its arq result key, arq queue, lease
 # ARGV: dispatch_id, now_ms, payload, retention_s, check job id, check job body, check due ms,
-#       check job ttl ms. Records the dispatch and queues its assignment check in one step
-#       (as arq's enqueue_job would: not when the job or its result already exists).
+#       check job ttl ms, replaced dispatch id ('' for a session's first), lease token.
+#       Records the dispatch and queues its assignment check in one step (as arq's
+#       enqueue_job would: not when the job or its result already exists), only while the
+#       session still waits for it: `claimed` for a first dispatch, `dispatched` with the
+#       replaced one for the next. Releases the caller's lease.
 _MARK_DISPATCHED = """
 local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'claimed' and status ~= 'dispatched' then return 0 end
+if ARGV[9] == '' then
+  if status ~= 'claimed' then return 0 end
+elseif status ~= 'dispatched' or redis.call('HGET', KEYS[1], 'dispatch_id') ~= ARGV[9] then
+  return 0
+end
+if redis.call('GET', KEYS[7]) == ARGV[10] then redis.call('DEL', KEYS[7]) end
 redis.call('HSET', KEYS[1], 'status', 'dispatched', 'dispatch_id', ARGV[1],
-           'dispatched_at', ARGV[2])
+           'dispatched_at', ARGV[2], 'confirm_job', ARGV[5])
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[2], 'outcome', 'dispatched')
 redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
@@ -108,14 +128,36 @@ end
 return 1
 """
 
-# KEYS: session; ARGV: expected statuses joined by ',', then field pairs. Updates only a session
-# in one of the expected states, so a late step never overwrites a terminal state.
+# KEYS: session; ARGV: expected statuses joined by ',', expected dispatch id ('' any), then
+# field pairs. Updates only a session in one of the expected states (and with that dispatch),
+# so a late step never overwrites a terminal state or a newer dispatch.
 _TRANSITION = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or not string.find(',' .. ARGV[1] .. ',', ',' .. status .. ',', 1, true) then
   return 0
 end
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'dispatch_id') ~= ARGV[2] then return 0 end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+# KEYS: session, lease; ARGV: token, ttl (ms), expected status, expected dispatch id ('' any).
+# The session's lease for a step that may dispatch: {'ok'}, {'busy', ms until it expires}
+# (another run holds it) or {'moved'} (the session is no longer as the step found it).
+_LEASE = """
+if redis.call('HGET', KEYS[1], 'status') ~= ARGV[3] then return {'moved'} end
+if ARGV[4] ~= '' and redis.call('HGET', KEYS[1], 'dispatch_id') ~= ARGV[4] then
+  return {'moved'}
+end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return {'busy', redis.call('PTTL', KEYS[2])} end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return {'ok'}
+"""
+
+# KEYS: lease; ARGV: token. Gives the lease up if the caller still holds it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
@@ -149,13 +191,27 @@ return freed
 """
 )
 
-ClaimKind = Literal["claimed", "resume", "deduplicated", "duplicate_event"]
+ClaimKind = Literal["claimed", "resume", "busy", "deduplicated", "duplicate_event"]
+LeaseAnswer = Literal["ok", "busy", "moved"]
 
 
 @dataclass(frozen=True)
 class Claim:
     kind: ClaimKind
     session_id: str
+    busy_ms: int = 0
+    """For `busy`: how long the other run's lease still holds."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A run's hold on a session while it may create or replace the session's dispatch: so
+    that two runs of one step (arq may start a job again while an earlier run of it lives,
+    after Redis lost its in-progress mark) never put two agents in the room. It expires on
+    its own when its holder dies."""
+
+    token: str
+    ttl_ms: int
 
 
 def now_ms() -> int:
@@ -186,6 +242,8 @@ class SessionStore:
         self._mark_dispatched = self.scripts.script(_MARK_DISPATCHED)
         self._read_sessions = self.scripts.script(_READ_SESSIONS)
         self._free_orphan_claims = self.scripts.script(_FREE_ORPHAN_CLAIMS)
+        self._lease = self.scripts.script(_LEASE)
+        self._release = self.scripts.script(_RELEASE)
 
     async def claim(
         self,
@@ -196,12 +254,15 @@ class SessionStore:
         room: str,
         agent_name: str,
         enqueued_ms: int,
+        dispatch_job: str,
+        lease: Lease,
         linger_s: float = 0.0,
     ) -> Claim:
-        """Claim `room` for the session, atomically with the event's idempotency record; the
+        """Claim `room` for the session, atomically with the event's idempotency record, and
+        take the session's `lease` (`dispatch_job` is the arq job that dispatches it); the
         claim may wait up to `linger_s` to share a write (script_pipe)."""
         now = now_ms()
-        kind, holder = await self.scripts.run(
+        kind, holder, *busy = await self.scripts.run(
             self._claim,
             keys=[
                 keys.event_key(event_id),
@@ -211,6 +272,7 @@ class SessionStore:
                 keys.RECENT_SESSIONS,
                 keys.room_sessions_key(room),
                 keys.RECONCILE_DUE,
+                keys.session_lease_key(session_id),
             ],
             args=[
                 session_id,
@@ -224,10 +286,13 @@ class SessionStore:
                 enqueued_ms,
                 keys.session_key(""),
                 now + self.first_check_ms,
+                dispatch_job,
+                lease.token,
+                lease.ttl_ms,
             ],
             linger_s=linger_s,
         )
-        return Claim(text(kind), text(holder))  # type: ignore[arg-type]
+        return Claim(text(kind), text(holder), int(busy[0]) if busy else 0)  # type: ignore[arg-type]
 
     async def record_event(self, event_id: str, outcome: str, *, overwrite: bool) -> None:
         """Set an event's outcome, so a replay of it is recognised; without `overwrite`, only
@@ -242,9 +307,17 @@ class SessionStore:
             pipe.expire(key, self.event_retention_s)
             await pipe.execute()
 
-    async def transition(self, session_id: str, expected: tuple[str, ...], **fields: Any) -> bool:
-        """Set fields only while the session is in one of `expected`; False otherwise."""
-        args: list[Any] = [",".join(expected)]
+    async def transition(
+        self,
+        session_id: str,
+        expected: tuple[str, ...],
+        *,
+        having_dispatch: str = "",
+        **fields: Any,
+    ) -> bool:
+        """Set fields only while the session is in one of `expected` (and, when given, still
+        has the dispatch `having_dispatch`); False otherwise."""
+        args: list[Any] = [",".join(expected), having_dispatch]
         for name, value in fields.items():
             args += [name, "" if value is None else value]
         return bool(
@@ -260,10 +333,14 @@ class SessionStore:
         *,
         check_in_s: float,
         attempt: int,
+        replaces: str = "",
+        lease: Lease | None = None,
     ) -> bool:
-        """Record the session's (new) dispatch and queue its `attempt`-th assignment check
-        `check_in_s` from now; False when the session no longer waits for a dispatch. The
-        record may linger up to `record_linger_s` to share a write (script_pipe)."""
+        """Record the session's dispatch (its first, or the one that `replaces` an earlier)
+        and queue its `attempt`-th assignment check `check_in_s` from now; give up `lease`.
+        False when the session no longer waits for this dispatch (it ended, or another run
+        recorded a dispatch first): the caller withdraws it. The record may linger up to
+        `record_linger_s` to share a write (script_pipe)."""
         now = now_ms()
         job_id = keys.confirm_job_id(session_id, dispatch_id)
         body = job_body(keys.CONFIRM_ASSIGNMENT, [session_id, dispatch_id, attempt], enqueue_ms=now)
@@ -278,6 +355,7 @@ class SessionStore:
                     keys.ARQ_JOB_PREFIX + job_id,
                     keys.ARQ_RESULT_PREFIX + job_id,
                     keys.QUEUE_NAME,
+                    keys.session_lease_key(session_id),
                 ],
                 args=[
                     dispatch_id,
@@ -288,6 +366,8 @@ class SessionStore:
                     body,
                     due,
                     due - now + CHECK_JOB_TTL_MS,
+                    replaces,
+                    lease.token if lease is not None else "",
                 ],
                 linger_s=self.record_linger_s,
             )
@@ -327,10 +407,41 @@ class SessionStore:
                 keys.room_claim_key(report.room),
                 keys.session_payload_key(report.session_id),
                 keys.RECONCILE_DUE,
+                keys.session_lease_key(report.session_id),
             ],
             args=args,
         )
         return bool(filed)
+
+    async def take_lease(
+        self, session_id: str, lease: Lease, *, status: str, dispatch_id: str = ""
+    ) -> tuple[LeaseAnswer, int]:
+        """Take the session's lease for a step that may dispatch, if the session is still
+        `status` (with `dispatch_id`, when given) and no other run holds the lease: the
+        answer, and for `busy` how long the other run's lease still holds (ms)."""
+        answer, *busy = await self.scripts.run(
+            self._lease,
+            keys=[keys.session_key(session_id), keys.session_lease_key(session_id)],
+            args=[lease.token, lease.ttl_ms, status, dispatch_id],
+        )
+        return text(answer), int(busy[0]) if busy else 0  # type: ignore[return-value]
+
+    async def release_lease(self, session_id: str, lease: Lease) -> None:
+        await self.scripts.run(
+            self._release, keys=[keys.session_lease_key(session_id)], args=[lease.token]
+        )
+
+    @contextlib.asynccontextmanager
+    async def holding(self, session_id: str, lease: Lease) -> AsyncIterator[None]:
+        """A step that holds the session's lease: should it stop short (an error, a retry,
+        its job's timeout), the lease is given up at once, for the next run of the step (it
+        expires by itself if Redis is away)."""
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(RedisError, *UNREACHABLE):
+                await self.release_lease(session_id, lease)
+            raise
 
     async def read_live(
         self, session_ids: list[str]
@@ -366,6 +477,11 @@ class SessionStore:
         """The room's newest session."""
         ids = await self.redis.zrevrange(keys.room_sessions_key(room), 0, 0)
         return await self.get(text(ids[0])) if ids else None
+
+    async def recorded_dispatch(self, session_id: str) -> str | None:
+        """The dispatch id the session's record holds, if any."""
+        value = await self.redis.hget(keys.session_key(session_id), "dispatch_id")  # type: ignore[misc]
+        return text(value) if value else None
 
     async def room_holder(self, room: str) -> str | None:
         holder = await self.redis.get(keys.room_claim_key(room))

@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any
 
 import structlog
 import uvloop
 from arq import cron
-from arq.connections import RedisSettings
 from arq.worker import func
 
 from orchestrator import logs, metrics_store
 from orchestrator.assignment import confirm_assignment
+from orchestrator.connections import (
+    OUTAGE,
+    create_jobs_redis,
+    record_outage,
+    worker_pool,
+    worker_redis_settings,
+)
 from orchestrator.context import CTX_KEY, Context
 from orchestrator.dispatch import dispatch_agent
 from orchestrator.errors import ConfigError, LiveKitError
 from orchestrator.livekit_gateway import LiveKitGateway
 from orchestrator.reconcile import reconcile_sessions
 from orchestrator.rejections import reject_malformed_job
+from orchestrator.retries import TRIES_HEADROOM, as_arq_job
 from orchestrator.sessions import end_session, session_report
 from orchestrator.settings import Settings, load_settings
 from orchestrator.state import SessionStore
@@ -39,7 +47,10 @@ def _startup(settings: Settings) -> Any:
         except LiveKitError as exc:
             await gateway.aclose()
             raise ConfigError(f"cannot start: {exc}") from None
-        redis = ctx["redis"]
+        # The jobs' own connection fails fast on an outage (they are deferred, see
+        # orchestrator.retries); arq's, in ctx["redis"], rides it out.
+        redis = await create_jobs_redis(settings.redis_url)
+        OUTAGE.on_end = partial(record_outage, redis)
         store = SessionStore(
             redis,
             retention_s=settings.session_retention_s,
@@ -48,7 +59,9 @@ def _startup(settings: Settings) -> Any:
             first_check_s=settings.session_check_every_s,
         )
         ctx[CTX_KEY] = Context(settings=settings, redis=redis, store=store, livekit=gateway)
-        ctx[FLUSHER_KEY] = metrics_store.Flusher(redis, settings.metrics_flush_interval_s).start()
+        ctx[FLUSHER_KEY] = metrics_store.Flusher(
+            ctx["redis"], settings.metrics_flush_interval_s
+        ).start()
         log.info(
             "orchestrator worker started",
             livekit_url=settings.livekit_url,
@@ -64,27 +77,28 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
         await flusher.stop()
     context: Context | None = ctx.get(CTX_KEY)
     if context is not None:
+        OUTAGE.on_end = None
         await context.store.scripts.aclose()
         await context.livekit.aclose()
+        await context.redis.aclose()
 
 
 def worker_settings(settings: Settings | None = None) -> dict[str, Any]:
     """The keyword arguments of arq's Worker for these settings."""
     settings = settings or load_settings()
     timeout = settings.job_timeout_s
-    tries = settings.dispatch_max_tries + 5  # headroom for tries lost to killed workers
+    tries = settings.dispatch_max_tries + TRIES_HEADROOM
     interval = max(1, min(59, settings.reconcile_interval_s))
+    jobs = (
+        (keys.DISPATCH_AGENT, dispatch_agent),
+        (keys.CONFIRM_ASSIGNMENT, confirm_assignment),
+        (keys.END_SESSION, end_session),
+        (keys.SESSION_REPORT, session_report),
+        (keys.REJECT_MALFORMED_JOB, reject_malformed_job),
+    )
     return {
         "functions": [
-            func(dispatch_agent, name=keys.DISPATCH_AGENT, timeout=timeout, max_tries=tries),
-            func(
-                confirm_assignment, name=keys.CONFIRM_ASSIGNMENT, timeout=timeout, max_tries=tries
-            ),
-            func(end_session, name=keys.END_SESSION, timeout=timeout, max_tries=3),
-            func(session_report, name=keys.SESSION_REPORT, timeout=timeout, max_tries=5),
-            func(
-                reject_malformed_job, name=keys.REJECT_MALFORMED_JOB, timeout=timeout, max_tries=3
-            ),
+            func(as_arq_job(job), name=name, timeout=timeout, max_tries=tries) for name, job in jobs
         ],
         "cron_jobs": [
             cron(
@@ -97,7 +111,8 @@ def worker_settings(settings: Settings | None = None) -> dict[str, Any]:
         ],
         "on_startup": _startup(settings),
         "on_shutdown": on_shutdown,
-        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "redis_settings": worker_redis_settings(settings.redis_url),
+        "redis_pool": worker_pool(settings.redis_url),
         "queue_name": keys.QUEUE_NAME,
         "job_serializer": serialize,
         "job_deserializer": deserialize,

@@ -1,16 +1,21 @@
-"""The agent's sign of life for a session, read by the orchestrator: reconciliation takes a
-stale heartbeat for an agent gone, and the assignment check takes the job named with the first
-beat for the dispatch assigned."""
+"""The agent's signs of life, read by the orchestrator.
+
+Per session: a heartbeat, which reconciliation takes for the agent alive while it is fresh, and
+the job named with the first beat, which confirms the dispatch's assignment. Per agent worker
+process: a record of the sessions it holds, starting or running, so that a session waiting for
+a job process, or one whose process has just died, is told apart without a timer.
+"""
 
 from __future__ import annotations
 
 import json
 import time
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 from redis.asyncio import Redis
 
-from tasks.keys import agent_heartbeat_key, agent_job_key
+from tasks.keys import AGENT_WORKERS, agent_heartbeat_key, agent_job_key, agent_worker_key
 
 HEARTBEAT_TTL_S = 24 * 3600
 AGENT_JOB_TTL_S = 3600  # the assignment check reads it within minutes; LiveKit tells after
@@ -58,3 +63,75 @@ async def agent_job(redis: Redis, session_id: str) -> AgentJob | None:
     if len(strings) != len(ids):
         return None
     return AgentJob(*strings)
+
+
+SessionHold = Literal["starting", "running"]
+WORKER_RECORD_TTL_S = 3600  # read by its beat's age, not by its presence; kept to be shown
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """An agent worker process's sign of life: who it is and the sessions it holds. A session
+    is `starting` from the moment the worker accepts its job until its job process runs it
+    (which may wait for a free process), then `running` until that process exits."""
+
+    instance: str
+    """This worker process, for its whole life (LiveKit gives it a new id on reconnection)."""
+    agent_name: str
+    worker_id: str
+    """Its current LiveKit worker id ("" until registered)."""
+    max_sessions: int
+    sessions: dict[str, SessionHold]
+    """Session id → how it holds it."""
+    at_ms: int = 0
+    """When it wrote this (unix ms)."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> WorkerRecord | None:
+        """The record, or None for anything that is not one (other fields are ignored)."""
+        try:
+            fields = json.loads(raw)
+            sessions = fields["sessions"]
+            record = cls(
+                instance=str(fields["instance"]),
+                agent_name=str(fields["agent_name"]),
+                worker_id=str(fields["worker_id"]),
+                max_sessions=int(fields["max_sessions"]),
+                sessions={
+                    str(sid): hold
+                    for sid, hold in sessions.items()
+                    if hold in ("starting", "running")
+                },
+                at_ms=int(fields["at_ms"]),
+            )
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+        return record
+
+
+async def beat_worker(redis: Redis, record: WorkerRecord) -> None:
+    """Write the worker's record, stamped now."""
+    now_ms = int(time.time() * 1000)
+    stamped = WorkerRecord(**{**asdict(record), "at_ms": now_ms})
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.set(agent_worker_key(record.instance), stamped.to_json(), ex=WORKER_RECORD_TTL_S)
+        pipe.zadd(AGENT_WORKERS, {record.instance: now_ms})
+        await pipe.execute()
+
+
+async def worker_records(redis: Redis, since_ms: int) -> list[WorkerRecord]:
+    """The records of workers that beat at or after `since_ms` (unix ms); the set forgets
+    workers silent for longer than a record is kept."""
+    stale = int(time.time() * 1000) - WORKER_RECORD_TTL_S * 1000
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zremrangebyscore(AGENT_WORKERS, "-inf", stale)
+        pipe.zrangebyscore(AGENT_WORKERS, since_ms, "+inf")
+        _, instances = await pipe.execute()
+    if not instances:
+        return []
+    raws = await redis.mget([agent_worker_key(i.decode()) for i in instances])
+    records = [WorkerRecord.from_json(raw) for raw in raws if raw is not None]
+    return [r for r in records if r is not None and r.at_ms >= since_ms]

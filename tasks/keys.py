@@ -99,3 +99,26 @@ def agent_job_key(session_id: str) -> str:
 def report_filed_key(session_id: str) -> str:
     """Set once the session's terminal report is on the results stream."""
     return f"{PREFIX}report-filed:{session_id}"
+
+
+def session_lease_key(session_id: str) -> str:
+    """Which run of a job may create or replace the session's dispatch right now (a token,
+    with an expiry): two runs of one step never dispatch side by side."""
+    return f"{PREFIX}session-lease:{session_id}"
+
+
+AGENT_WORKERS = PREFIX + "agent-workers"
+"""Sorted set of agent worker instances, scored by their last heartbeat (unix ms)."""
+AGENT_WORKER_HEARTBEAT_INTERVAL_S = 2.0
+"""How often an agent worker refreshes its record."""
+
+
+def agent_worker_key(instance: str) -> str:
+    """JSON record of one agent worker process: its agent_name, LiveKit worker id, session
+    limit and the sessions it holds, starting or running (tasks.heartbeat.WorkerRecord)."""
+    return f"{PREFIX}agent-worker:{instance}"
+
+
+REDIS_OUTAGE = PREFIX + "redis-outage"
+"""Hash {started_ms, ended_ms} of the last Redis outage an orchestrator worker rode out:
+heartbeats could not be written then, so their silence is not read as death."""

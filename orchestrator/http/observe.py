@@ -8,6 +8,8 @@ Scrape one replica of the HTTP service for the cluster-wide figures.
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -41,7 +43,15 @@ async def _redis_ok(svc: Service) -> Check:
     try:
         await svc.redis.ping()
     except (RedisError, OSError) as exc:
-        return Check(ok=False, detail=f"Redis unreachable at REDIS_URL: {type(exc).__name__}")
+        now = time.monotonic()
+        if svc.redis_down_since is None:
+            svc.redis_down_since = now
+        return Check(
+            ok=False,
+            detail=f"Redis unreachable at REDIS_URL for {now - svc.redis_down_since:.0f} s "
+            f"({type(exc).__name__}); the workers wait for it and resume when it answers",
+        )
+    svc.redis_down_since = None
     return Check(ok=True, detail="PING answered")
 
 

@@ -26,6 +26,8 @@ class Service:
     webhook_receiver: api.WebhookReceiver
     worker_seen_at: float | None = field(default=None)
     """time.monotonic() when this process last saw a worker's health-check key."""
+    redis_down_since: float | None = field(default=None)
+    """time.monotonic() when this process first found Redis unreachable, while it is."""
 
     async def worker_check(self) -> tuple[bool, str]:
         """Whether an orchestrator worker checked in within worker_heartbeat_max_age_s."""

@@ -89,6 +89,7 @@ def worker_env(sim: LiveKitSim, redis_url: str, agent_name: str) -> dict[str, st
         "AGENT_COUNT_CPU_LOAD": "false",  # the machine's CPU must not make tests flaky
         "AGENT_REPORT_TIMEOUT_S": "3",
         "AGENT_HEARTBEAT_INTERVAL_S": "0.5",
+        "AGENT_WORKER_HEARTBEAT_INTERVAL_S": "0.5",
     }
 
 

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 import agent.report
+from agent import admission
 from agent.admission import RequestHandler, SessionLoad
 from agent.errors import ConfigError, HandlerLoadError, InvalidMetadataError, ReportWriteError
 from agent.handlers import greeter, load_handler
@@ -27,6 +28,7 @@ from agent.redis_link import RedisLink
 from agent.report import ReportWriter, build_report
 from agent.session import describe_error
 from agent.settings import AgentSettings, load_settings
+from agent.worker_beat import WorkerBeat
 from orchestrator.local_redis import LocalRedis, free_port
 from tasks.models import JobMetadata, SessionReport
 from tests.agent.reports import reports_for
@@ -169,14 +171,48 @@ async def test_a_job_with_unusable_metadata_is_still_accepted_so_it_can_report()
     assert args.attributes == {}
 
 
-async def test_a_job_for_a_room_with_a_session_is_rejected_for_good() -> None:
+async def test_a_job_for_a_room_with_a_session_is_rejected_for_good(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(admission, "WIND_DOWN_WAIT_S", 0.2)
     answers = _Answers()
     await RequestHandler(_server("room-1"), "support")(answers.request("room-1", ""))
     assert answers.accepted == []
     assert answers.rejected == [True]  # terminate: no other worker gets it either
 
 
-async def test_a_second_job_for_a_room_still_being_accepted_is_rejected() -> None:
+async def test_a_second_job_for_the_same_session_is_rejected_at_once() -> None:
+    answers = _Answers()
+    metadata = JobMetadata(session_id="S_1", event_id="ev").to_json()
+    job = agent_pb.Job(id="AJ_1", room=models.Room(name="room-1"), metadata=metadata)
+    server = cast(AgentServer, SimpleNamespace(active_jobs=[SimpleNamespace(job=job)]))
+    started = asyncio.get_running_loop().time()
+    await RequestHandler(server, "support")(answers.request("room-1", metadata))
+    assert answers.rejected == [True]
+    assert asyncio.get_running_loop().time() - started < admission.WIND_DOWN_WAIT_S
+
+
+async def test_a_job_for_a_room_whose_last_session_is_ending_is_accepted_once_it_ended() -> None:
+    # A session's report is written before its process exits: the room's next session may
+    # be dispatched to this worker a moment before the process is gone.
+    answers = _Answers()
+    server = _server("room-1")
+    metadata = JobMetadata(session_id="S_next", event_id="ev").to_json()
+    answering = asyncio.create_task(
+        RequestHandler(server, "support")(answers.request("room-1", metadata))
+    )
+    await asyncio.sleep(0.1)  # the previous job's process exits a moment later
+    server.active_jobs.clear()  # type: ignore[attr-defined]
+    await answering
+    assert answers.rejected == []
+    [args] = answers.accepted
+    assert args.identity == "agent-S_next"
+
+
+async def test_a_second_job_for_a_room_still_being_accepted_is_rejected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(admission, "WIND_DOWN_WAIT_S", 0.2)
     answers = _Answers()
     answers.release.clear()
     handler = RequestHandler(_server(), "support")
@@ -187,6 +223,29 @@ async def test_a_second_job_for_a_room_still_being_accepted_is_rejected() -> Non
     await first
     assert len(answers.accepted) == 1
     assert answers.rejected == [True]
+
+
+async def test_the_worker_record_holds_a_session_from_its_acceptance_while_it_waits() -> None:
+    answers = _Answers()
+    answers.release.clear()  # the job waits for its assignment and a process
+    server = _server()
+    handler = RequestHandler(server, "support")
+    beat = WorkerBeat(
+        server, handler, RedisLink("redis://unused"), agent_name="support", max_sessions=3,
+        interval_s=1.0,
+    )  # fmt: skip
+    metadata = JobMetadata(session_id="S_wait", event_id="ev").to_json()
+    accepting = asyncio.create_task(handler(answers.request("room-1", metadata)))
+    await asyncio.wait_for(answers.accepting.wait(), timeout=5)
+    assert beat.record().sessions == {"S_wait": "starting"}
+
+    job = agent_pb.Job(id="AJ_1", room=models.Room(name="room-1"), metadata=metadata)
+    server.active_jobs.append(SimpleNamespace(job=job))  # type: ignore[attr-defined]
+    answers.release.set()  # launched in a process: accept() returns
+    await accepting
+    assert beat.record().sessions == {"S_wait": "running"}
+    server.active_jobs.clear()  # type: ignore[attr-defined]
+    assert beat.record().sessions == {}
 
 
 def test_load_reaches_the_threshold_at_max_sessions() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import cast
 
@@ -23,6 +24,7 @@ from livekit_sim import LiveKitSim
 from livekit_sim.rtc import TextMessage
 from livekit_sim.workers import TARGET_LOAD
 from orchestrator.local_redis import LocalRedis
+from tasks.heartbeat import worker_records
 from tasks.keys import agent_heartbeat_key
 from tasks.models import JobMetadata
 from tests.agent.conftest import MAX_SESSIONS, new_job, new_room
@@ -385,3 +387,27 @@ async def test_killed_job_process_writes_no_report_and_the_room_can_be_used_agai
     assert (report.status, report.room) == ("completed", room)
     await worker.wait_idle()
     assert await reports_for(agent_redis, session_id) == []
+
+
+async def test_the_worker_record_holds_a_running_session_and_drops_it_when_its_process_dies(
+    worker: AgentWorker, sim: LiveKitSim, lkapi: api.LiveKitAPI, agent_redis: Redis,
+    agent_name: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    session_id, _, metadata = new_job({"mode": "hold", "release_file": str(tmp_path / "never")})
+
+    async def hold() -> str | None:
+        records = await worker_records(agent_redis, 0)
+        [record] = [r for r in records if r.agent_name == agent_name]
+        return record.sessions.get(session_id)
+
+    await dispatch(lkapi, sim, agent_name, new_room(), metadata)
+    started = await worker.wait_log("session started", session_id=session_id)
+    await eventually(lambda: _is(hold, "running"), what="the session held running")
+
+    os.kill(started["pid"], signal.SIGKILL)  # no shutdown code runs; the worker sees it go
+    await eventually(lambda: _is(hold, None), what="the dead session dropped")
+    await worker.wait_idle()
+
+
+async def _is(read: Callable[[], Awaitable[str | None]], value: str | None) -> bool:
+    return await read() == value

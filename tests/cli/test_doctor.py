@@ -17,7 +17,14 @@ from arq import ArqRedis
 from redis.asyncio import Redis
 
 from livekit_sim import LiveKitSim
-from orchestrator.doctor import HEALTH_CHECK_KEY, Check, LiveKitClock, run_checks, skew_check
+from orchestrator.doctor import (
+    HEALTH_CHECK_KEY,
+    Check,
+    LiveKitClock,
+    run_checks,
+    skew_check,
+    worker_checks,
+)
 from orchestrator.local_redis import LocalRedis, free_port
 from orchestrator.settings import Settings
 from tasks import keys
@@ -32,6 +39,7 @@ CHECKS = [
     "redis persistence",
     "redis eviction",
     "orchestrator workers",
+    "redis outages",
     "queue",
     "livekit",
     "clock skew",
@@ -212,3 +220,13 @@ async def test_colours_only_in_a_terminal_and_never_with_no_color(
     plain = await in_terminal(NO_COLOR="1")
     assert "[ ok ] redis" in plain
     assert "\x1b[" not in plain
+
+
+async def test_the_last_redis_outage_the_workers_rode_out_is_shown(arq_redis: ArqRedis) -> None:
+    ended = int(time.time() * 1000) - 120_000
+    await arq_redis.hset(
+        keys.REDIS_OUTAGE, mapping={"started_ms": ended - 42_000, "ended_ms": ended}
+    )
+    [outages] = [c for c in await worker_checks(arq_redis) if c.name == "redis outages"]
+    assert outages.status == "ok"
+    assert "it lasted 42 s and ended 120 s ago" in outages.detail

@@ -4,66 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import os
 import signal
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from arq import ArqRedis
 
 from livekit_sim import LiveKitSim
-from orchestrator.local_redis import LocalRedis
 from orchestrator.state import SessionStore
 from tasks import DispatchRequest, enqueue_dispatch
-from tasks.keys import ARQ_RESULT_PREFIX
-from tests.orchestrator.conftest import AGENT, API_KEY, API_SECRET
+from tests.orchestrator.conftest import Spawn, results, worker_checked_in
 from tests.orchestrator.test_dispatch import CREATE
+from tests.support.fake_worker import AcceptingWorker
 from tests.support.waiting import eventually
-
-Spawn = Callable[..., subprocess.Popen[bytes]]
-
-
-@pytest.fixture
-def spawn_worker(redis_server: LocalRedis, sim: LiveKitSim, tmp_path: Path) -> Iterator[Spawn]:
-    """Start `arq orchestrator.WorkerSettings` processes; their stderr goes to a file (a pipe
-    nobody reads would fill up and block the worker), readable as `proc.log_path`."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def spawn(**overrides: str) -> subprocess.Popen[bytes]:
-        env = {
-            **os.environ,
-            "REDIS_URL": redis_server.url, "LIVEKIT_URL": sim.url, "LIVEKIT_API_KEY": API_KEY,
-            "LIVEKIT_API_SECRET": API_SECRET, "AGENT_NAME": AGENT, "LKD_JOB_TIMEOUT_S": "2",
-            "LKD_ASSIGNMENT_CHECK_DELAY_S": "60", "LKD_RECONCILE_INTERVAL_S": "30",
-            **overrides,
-        }  # fmt: skip
-        log_path = tmp_path / f"worker-{len(procs)}.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "arq", "orchestrator.WorkerSettings"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        proc.log_path = log_path  # type: ignore[attr-defined]
-        procs.append(proc)
-        return proc
-
-    yield spawn
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-async def results(redis: ArqRedis, job_ids: list[str]) -> list[dict[str, Any]] | None:
-    raws = await redis.mget([ARQ_RESULT_PREFIX + j for j in job_ids])
-    if any(r is None for r in raws):
-        return None
-    return [json.loads(r)["r"] for r in raws]
 
 
 async def test_burst_over_three_processes_makes_one_dispatch_per_room(
@@ -71,7 +24,7 @@ async def test_burst_over_three_processes_makes_one_dispatch_per_room(
 ) -> None:
     procs = [spawn_worker() for _ in range(3)]
     # Each worker announces itself with a health-check key once it polls the queue.
-    await eventually(lambda: _health_keys(arq_redis, 1), timeout_s=20, what="workers started")
+    await eventually(lambda: worker_checked_in(arq_redis), timeout_s=20, what="workers started")
     requests = [
         DispatchRequest(event_id=f"burst-{i}", room=f"room-{i % 25}", metadata={"i": i})
         for i in range(500)
@@ -91,16 +44,12 @@ async def test_burst_over_three_processes_makes_one_dispatch_per_room(
     assert all(len(sessions) == 1 for sessions in by_room.values())
 
 
-async def _health_keys(redis: ArqRedis, count: int) -> bool:
-    return len([k async for k in redis.scan_iter(match="arq:queue:health-check")]) >= count
-
-
 async def test_worker_killed_after_create_dispatch_is_adopted_on_retry(
     sim: LiveKitSim, arq_redis: ArqRedis, spawn_worker: Spawn
 ) -> None:
     # LiveKit creates the dispatch but its answer is slow: the worker dies while waiting, after
     # CreateDispatch took effect and before the session state records it.
-    sim.faults.set(CREATE, response_delay_ms=60_000)
+    sim.faults.set(CREATE, response_delay_ms=5_000)  # long enough to kill the worker meanwhile
     first = spawn_worker()
     job = await enqueue_dispatch(arq_redis, DispatchRequest(event_id="e-kill", room="r-kill"))
     await eventually(lambda: sim.calls_to(CREATE), timeout_s=20, what="CreateDispatch arrived")
@@ -125,6 +74,47 @@ async def test_worker_killed_after_create_dispatch_is_adopted_on_retry(
     assert session is not None
     assert session["status"] == "dispatched"
     assert session["dispatch_id"] == dispatch.id
+
+
+async def test_worker_killed_while_dispatching_again_leaves_one_dispatch_for_the_session(
+    sim: LiveKitSim, arq_redis: ArqRedis, spawn_worker: Spawn, agent_worker: AcceptingWorker
+) -> None:
+    # The first dispatch reaches no worker (its job request goes unanswered, and LiveKit drops
+    # it); the assignment check then dispatches again, and its worker dies after LiveKit made
+    # that dispatch but before the answer came back.
+    sim.workers.availability_timeout_s = 0.2
+    sim.faults.workers_never_answer = True
+    first = spawn_worker(LKD_ASSIGNMENT_CHECK_DELAY_S="0.5")
+    job = await enqueue_dispatch(arq_redis, DispatchRequest(event_id="e-redo", room="r-redo"))
+    [outcome] = await eventually(lambda: results(arq_redis, [job.job_id]), what="dispatched")
+    session_id, dropped = outcome["session_id"], outcome["dispatch_id"]
+    await sim.settle()  # its job request timed out: dropped
+    sim.faults.workers_never_answer = False
+    sim.faults.set(CREATE, response_delay_ms=5_000)
+    await eventually(lambda: len(sim.calls_to(CREATE)) == 2, what="dispatched again")
+    await eventually(lambda: len(ours(sim, "r-redo")) == 1, what="the new dispatch made")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    sim.faults.clear()
+
+    spawn_worker(LKD_ASSIGNMENT_CHECK_DELAY_S="0.5")  # runs the check again after its expiry
+    store = SessionStore(arq_redis, retention_s=60, event_retention_s=60)
+
+    async def assigned() -> dict[str, str] | None:
+        session = await store.get(session_id)
+        return session if session and session["status"] == "assigned" else None
+
+    session = await eventually(assigned, timeout_s=40, what="the session assigned")
+    [made] = ours(sim, "r-redo")
+    assert made.id != dropped
+    assert session["dispatch_id"] == made.id  # adopted, not made a third time
+    assert len(sim.calls_to(CREATE)) == 2
+    assert [job.dispatch_id for job in agent_worker.jobs] == [made.id]
+
+
+def ours(sim: LiveKitSim, room: str) -> list[Any]:
+    """The room's dispatches made by the orchestrator (not LiveKit's default one)."""
+    return [d for d in sim.dispatches(room) if d.agent_name]
 
 
 async def test_missing_setting_stops_the_worker_with_a_clear_message(

@@ -18,7 +18,7 @@ from orchestrator.livekit_gateway import LiveKitGateway
 from orchestrator.local_redis import LocalRedis
 from orchestrator.reconcile import PAGE, reconcile_sessions
 from orchestrator.settings import Settings
-from orchestrator.state import SessionStore, now_ms
+from orchestrator.state import Lease, SessionStore, now_ms
 from tasks import keys
 from tasks.heartbeat import beat
 from tests.orchestrator.conftest import make_settings
@@ -43,7 +43,8 @@ async def reconciler(
 async def claim(store: SessionStore, session_id: str) -> None:
     claimed = await store.claim(
         session_id=session_id, generation=0, event_id=f"e-{session_id}", room=f"r-{session_id}",
-        agent_name="support-agent", enqueued_ms=now_ms(),
+        agent_name="support-agent", enqueued_ms=now_ms(), dispatch_job=f"dispatch:e-{session_id}",
+        lease=Lease(f"test-{session_id}", 60_000),
     )  # fmt: skip
     assert claimed.kind == "claimed"
 

@@ -10,7 +10,7 @@ from arq.worker import Worker
 
 from livekit_sim import LiveKitSim
 from orchestrator.local_redis import LocalRedis
-from orchestrator.state import SessionStore
+from orchestrator.state import Lease, SessionStore
 from tasks import (
     DispatchRequest,
     EndSessionRequest,
@@ -174,7 +174,8 @@ async def test_a_claim_left_behind_does_not_keep_the_room_from_its_next_session(
         for holder, ended in (("S_ended", True), ("S_vanished", False)):
             first = await sessions.claim(
                 session_id=holder, generation=0, event_id=f"e-{holder}", room="r-left",
-                agent_name="support-agent", enqueued_ms=0,
+                agent_name="support-agent", enqueued_ms=0, dispatch_job="-",
+                lease=Lease(f"test-{holder}", 60_000),
             )  # fmt: skip
             assert first.kind == "claimed"
             if ended:
@@ -184,7 +185,8 @@ async def test_a_claim_left_behind_does_not_keep_the_room_from_its_next_session(
             await arq_redis.set("lkd:room:r-left", holder)  # a crash between steps
             nxt = await sessions.claim(
                 session_id=f"{holder}-next", generation=0, event_id=f"e-{holder}-next",
-                room="r-left", agent_name="support-agent", enqueued_ms=0,
+                room="r-left", agent_name="support-agent", enqueued_ms=0, dispatch_job="-",
+                lease=Lease(f"test-{holder}-next", 60_000),
             )  # fmt: skip
             assert (nxt.kind, nxt.session_id) == ("claimed", f"{holder}-next")
             assert await sessions.room_holder("r-left") == f"{holder}-next"
@@ -222,4 +224,4 @@ async def test_agent_that_never_starts_its_session_is_reported_lost(
     sid = (await dispatched(arq_redis, "e-nostart", "r-nostart"))["session_id"]
     await eventually(lambda: status_is(arq_redis, sid, "lost"), timeout_s=15, what="lost")
     [entry] = await recent_results(arq_redis)
-    assert "never signalled that its session started" in (entry.report.error or "")
+    assert "but never started its session" in (entry.report.error or "")
