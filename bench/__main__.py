@@ -11,6 +11,7 @@ BENCHMARKS = [
     "bench.dispatch_latency",
     "bench.time_to_agent",
     "bench.reconcile_pass",
+    "bench.chaos",
 ]
 
 
