@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -300,7 +301,12 @@ def seeds(text: str) -> list[int]:
     return list(range(int(first), int(last or first) + 1))
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # asyncio.run then cancels the run, which stops what it started
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupted)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, help="one seed (default: a random one)")
     parser.add_argument("--seeds", help="a range of seeds, e.g. 1-20, run one after the other")
