@@ -297,6 +297,11 @@ async def _ensure_confirmation(c: Context, session: dict[str, str], now: int) ->
 
 
 async def _lost(c: Context, session: dict[str, str], reason: str) -> str | None:
+    """File the session's `lost` report, unless its agent's own report is already queued: a
+    session that ended stops its heartbeat, and its report may wait in the queue for longer
+    than the grace (the worker that took it was killed: arq runs it again later)."""
+    if await _report_queued(c, session):
+        return None
     if session.get("dispatch_id"):
         await c.livekit.delete_dispatch(session["dispatch_id"], session["room"])
     filed = await synthesize_report(
@@ -307,6 +312,17 @@ async def _lost(c: Context, session: dict[str, str], reason: str) -> str | None:
             "session lost", session_id=session["session_id"], room=session["room"], reason=reason
         )
     return "lost" if filed else None
+
+
+async def _report_queued(c: Context, session: dict[str, str]) -> bool:
+    session_id = session["session_id"]
+    job_id = session.get("job_id")
+    if not job_id:
+        taken = await heartbeat.agent_job(c.redis, session_id)
+        job_id = taken.job_id if taken is not None else None
+    # Our agent's report job is named by the LiveKit job it ran the session in.
+    report = keys.report_job_id(session_id, job_id) if job_id else None
+    return report is not None and bool(await c.redis.exists(keys.ARQ_JOB_PREFIX + report))
 
 
 async def _stale_claim(

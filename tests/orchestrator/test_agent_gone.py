@@ -136,3 +136,31 @@ async def test_silence_during_a_redis_outage_is_not_read_as_death(
 
 async def _at_least(read: Callable[[], Awaitable[int]], value: int) -> bool:
     return await read() >= value
+
+
+async def test_a_session_whose_report_waits_in_the_queue_is_not_lost(
+    sim: LiveKitSim, arq_redis: ArqRedis, redis_server: LocalRedis
+) -> None:
+    """The session ended (no more heartbeats) and its agent queued its report, which waits
+    longer than the grace: the worker that took it was killed, arq runs it again later."""
+    async with reconciler(
+        sim, arq_redis, redis_server, agent_heartbeats=True, report_grace_s=1.0,
+        assignment_check_delay_s=600.0,
+    ) as (_, store, reconcile):  # fmt: skip
+        await claim(store, "s-queued")
+        assert await store.transition(
+            "s-queued", ("claimed",), status="assigned", job_id="AJ_queued",
+            dispatched_at=now_ms(), assigned_at=now_ms(),
+        )  # fmt: skip
+        await arq_redis.set(keys.agent_heartbeat_key("s-queued"), now_ms() - 60_000)
+        report_job = keys.report_job_id("s-queued", "AJ_queued")
+        await arq_redis.set(keys.ARQ_JOB_PREFIX + report_job, b"{}", px=60_000)
+
+        await arq_redis.zadd(keys.RECONCILE_DUE, {"s-queued": now_ms()})
+        counts = await reconcile()
+        assert (counts["checked"], counts["lost"]) == (1, 0)
+
+        await arq_redis.delete(keys.ARQ_JOB_PREFIX + report_job)  # it ran, and was no report
+        await arq_redis.zadd(keys.RECONCILE_DUE, {"s-queued": now_ms()})
+        counts = await reconcile()
+        assert (counts["checked"], counts["lost"]) == (1, 1)
