@@ -1,6 +1,13 @@
 # Everything runs from a private virtualenv made on first use; nothing needs root.
-PYTHON ?= python3
-VENV := .venv
+# The interpreter: PYTHON if given, else the first of python3, python3.13, python3.12 and
+# python3.11 (or a pyenv install of one of them) that is a supported version, 3.11 to 3.13.
+SUPPORTED := import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))
+CANDIDATES := python3 python3.13 python3.12 python3.11 \
+	$(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3) \
+	$(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3) \
+	$(wildcard $(HOME)/.pyenv/versions/3.11*/bin/python3)
+PYTHON ?= $(firstword $(foreach p,$(CANDIDATES),$(shell $(p) -c '$(SUPPORTED)' 2>/dev/null && echo $(p))))
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -9,6 +16,12 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@if [ -z "$(PYTHON)" ]; then \
+		echo "lk-dispatch needs Python 3.11, 3.12 or 3.13 and found none: make PYTHON=/path/to/python3.13"; \
+		exit 1; fi
+	@$(PYTHON) -c '$(SUPPORTED)' 2>/dev/null || { \
+		echo "lk-dispatch needs Python 3.11, 3.12 or 3.13; $(PYTHON) is $$($(PYTHON) --version 2>&1)"; \
+		exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -32,4 +45,4 @@ demo: install
 	$(BIN)/python -m orchestrator demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-* .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -30,8 +30,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
+from orchestrator import dead_letters, metrics
 from tasks import keys
-from tasks.serialization import deserialize, serialize
+from tasks.serialization import MAX_RAW_KEPT_CHARS, deserialize, serialize
 
 log = structlog.get_logger("orchestrator.redis")
 
@@ -177,6 +178,46 @@ class _RidingArqRedis(ArqRedis):
         return _RidingPipeline(
             self.connection_pool, self.response_callbacks, transaction, shard_hint
         )
+
+    async def zrangebyscore(self, name: Any, *args: Any, **kwargs: Any) -> Any:
+        """As redis-py's; read from the queue, the ids arq cannot decode (it would exit on
+        them) are moved from the queue to the dead-letter stream instead of returned."""
+        found: list[bytes] = await super().zrangebyscore(name, *args, **kwargs)
+        if name != keys.QUEUE_NAME:
+            return found
+        undecodable = [job_id for job_id in found if not _utf8(job_id)]
+        if undecodable:
+            await set_aside(self, undecodable)
+        return [job_id for job_id in found if job_id not in undecodable]
+
+
+def _utf8(value: bytes) -> bool:
+    try:
+        value.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+async def set_aside(redis: ArqRedis, job_ids: list[bytes]) -> None:
+    """Move queue entries whose id is not UTF-8 to the dead-letter stream, with their job."""
+    for raw_id in job_ids:
+        job_key = keys.ARQ_JOB_PREFIX.encode() + raw_id
+        body = await redis.get(job_key)
+        await dead_letters.add(
+            redis,
+            kind="malformed_job",
+            reason="the queue entry's job id is not UTF-8: no worker can run it "
+            "(job ids are text: dispatch:<event_id>)",
+            job_id=raw_id.decode(errors="replace"),
+            payload=(body or b"").decode(errors="replace")[:MAX_RAW_KEPT_CHARS],
+        )
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(keys.QUEUE_NAME, raw_id)
+            pipe.delete(job_key)
+            await pipe.execute()
+        metrics.REJECTED_JOBS.inc()
+        log.warning("queue entry with an undecodable job id set aside", size_bytes=len(raw_id))
 
 
 def worker_redis_settings(url: str, outage: Outage = OUTAGE) -> RedisSettings:

@@ -4,6 +4,7 @@ can act on, and the replay of a failed dispatch."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,8 @@ from arq import ArqRedis
 
 from tasks import keys
 from tasks.connection import text
-from tasks.serialization import serialize
+from tasks.producer import enqueue_job
+from tasks.serialization import MAX_RAW_KEPT_CHARS, serialize
 
 REPLAYED = keys.PREFIX + "dead-letters:replayed"
 
@@ -20,7 +22,7 @@ REPLAYED = keys.PREFIX + "dead-letters:replayed"
 @dataclass(frozen=True)
 class DeadLetter:
     entry_id: str
-    kind: str  # "failed_dispatch" | "invalid_event" | "malformed_job"
+    kind: str  # "failed_dispatch" | "invalid_event" | "invalid_report" | "malformed_job"
     reason: str
     job_id: str
     event_id: str
@@ -51,6 +53,10 @@ async def add(
     generation: int = 0,
 ) -> str:
     body = payload if isinstance(payload, str) else serialize({"event": payload}).decode()
+    if kind != "failed_dispatch" and len(body) > MAX_RAW_KEPT_CHARS:
+        # Rejected input is kept to be read, not replayed: its first part says enough.
+        reason += f" (payload cut to its first {MAX_RAW_KEPT_CHARS} of {len(body)} characters)"
+        body = body[:MAX_RAW_KEPT_CHARS]
     entry = await redis.xadd(
         keys.DEAD_LETTER_STREAM,
         {
@@ -96,7 +102,19 @@ async def recent(redis: ArqRedis, count: int = 50) -> list[DeadLetter]:
     return [_decode(eid, fields, replayed) for eid, fields in rows]
 
 
+_ENTRY_ID = re.compile(r"^([0-9]{1,20})-([0-9]{1,20})$")
+
+
+def is_entry_id(text: str) -> bool:
+    """Whether `text` is a stream entry id (two unsigned 64-bit numbers): nothing else names a
+    dead letter, and Redis would refuse it."""
+    match = _ENTRY_ID.match(text)
+    return match is not None and all(int(part) < 2**64 for part in match.groups())
+
+
 async def get(redis: ArqRedis, entry_id: str) -> DeadLetter | None:
+    if not is_entry_id(entry_id):
+        return None
     rows = await redis.xrange(keys.DEAD_LETTER_STREAM, min=entry_id, max=entry_id)
     if not rows:
         return None
@@ -114,8 +132,8 @@ async def replay(redis: ArqRedis, entry_id: str) -> str:
         raise ReplayError(f"no dead letter {entry_id}")
     if letter.kind != "failed_dispatch":
         raise ReplayError(
-            f"a {letter.kind} cannot be replayed: it was rejected ({letter.reason}); "
-            "fix the producer and send the event again"
+            f"dead letter {entry_id} ({letter.kind}) cannot be replayed: it was rejected "
+            f"({letter.reason}); fix the producer and send the event again"
         )
     generation = letter.generation + 1
     job_id = f"{keys.dispatch_job_id(letter.event_id)}:g{generation}"
@@ -124,11 +142,5 @@ async def replay(redis: ArqRedis, entry_id: str) -> str:
             f"dead letter {entry_id} was already replayed as {letter.replayed_as or job_id}"
         )
     event = json.loads(letter.payload)["event"]
-    await redis.enqueue_job(
-        keys.DISPATCH_AGENT,
-        event,
-        generation=generation,
-        _job_id=job_id,
-        _queue_name=keys.QUEUE_NAME,
-    )
+    await enqueue_job(redis, keys.DISPATCH_AGENT, event, generation=generation, job_id=job_id)
     return job_id

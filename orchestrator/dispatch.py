@@ -21,6 +21,8 @@ from tasks.models import DispatchRequest, session_id_for
 
 log = structlog.get_logger("orchestrator.dispatch")
 
+NOT_BEFORE_SLACK_S = 0.05
+"""An event taken this much before its `not_before` or less goes now (clocks differ)."""
 BACKLOG_WAIT_S = 0.025
 """An event that waited this long between due and started finds the worker behind: its claim
 may then linger (Settings.backlog_linger_ms) to share a write, which drains a backlog faster
@@ -43,6 +45,20 @@ async def dispatch_agent(ctx: dict[str, Any], event: Any, generation: int = 0) -
             event_id=event_id if isinstance(event_id, str) else "",
         )
 
+    if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
+        return await reject(
+            ctx,
+            kind="invalid_event",
+            reason="invalid dispatch job: generation (its second argument) must be a "
+            "non-negative integer, the number of the event's replays",
+            payload=event,
+            event_id=request.event_id,
+        )
+    if request.not_before is not None:
+        early_s = (request.not_before - datetime.now(UTC)).total_seconds()
+        if early_s > NOT_BEFORE_SLACK_S:
+            # Queued due too soon (a producer's own enqueue can score it so): hold it.
+            raise Retry(defer=early_s)
     session_id = session_id_for(request.event_id, generation)
     structlog.contextvars.bind_contextvars(
         event_id=request.event_id, session_id=session_id, room=request.room, job_try=ctx["job_try"]

@@ -8,9 +8,12 @@ import logging
 import sys
 import time
 from collections.abc import MutableMapping
+from types import TracebackType
 from typing import Any
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from tasks.redaction import redact
 
@@ -61,13 +64,27 @@ def _render_json(_: Any, __: str, event: MutableMapping[str, Any]) -> str:
     return _JSON_LINE.encode(event)
 
 
+class HideBadRequests(logging.Filter):
+    """aiohttp logs a request it could not parse with its exception, whose text quotes the
+    raw request line or header it choked on (a bearer token, a phone number): keep that it
+    happened and why, drop what it quoted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError | RequestPayloadError):
+            # RequestPayloadError: a body it could not read (its Content-Encoding lied),
+            # met again when it drains the request after our answer.
+            record.msg = "bad HTTP request rejected (%s)"
+            record.args = (type(error).__name__,)
+            record.exc_info = None
+        return True
+
+
 def configure(level: str = "INFO", *, json: bool | None = None) -> None:
-    arq_logger = logging.getLogger("arq.worker")
-    # arq's two lines per job repeat what our own step logs say and cost ~4 % of a dispatch;
-    # its warnings and errors still show.
-    arq_logger.setLevel(logging.WARNING)
-    if not any(isinstance(f, HideJobArguments) for f in arq_logger.filters):
-        arq_logger.addFilter(HideJobArguments())
+    """Every line this process writes goes through one pipeline: ours (structlog) and every
+    library's (arq, aiohttp, asyncio, warnings, an uncaught exception), one JSON object per
+    line in production, with job metadata, tokens and secrets redacted. Safe to call again:
+    arq sets up its own plain-text logging after it loads WorkerSettings."""
     as_json = not sys.stderr.isatty() if json is None else json
     renderer: Any = _render_json if as_json else structlog.dev.ConsoleRenderer()
     structlog.configure(
@@ -83,3 +100,45 @@ def configure(level: str = "INFO", *, json: bool | None = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+    _route_standard_logging(renderer, level)
+
+
+def _route_standard_logging(renderer: Any, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                _UtcTimestamp(),
+                redact,
+                structlog.processors.format_exc_info,
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level)
+    arq = logging.getLogger("arq")
+    arq.handlers = []  # its plain-text handler, from arq's own set-up
+    arq.propagate = True
+    arq_worker = logging.getLogger("arq.worker")
+    # arq's two lines per job repeat what our own step logs say and cost ~4 % of a dispatch;
+    # its warnings and errors still show.
+    arq_worker.setLevel(logging.WARNING)
+    _add_filter(arq_worker, HideJobArguments())
+    _add_filter(logging.getLogger("aiohttp.server"), HideBadRequests())
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+
+
+def _add_filter(logger: logging.Logger, added: logging.Filter) -> None:
+    if not any(isinstance(f, type(added)) for f in logger.filters):
+        logger.addFilter(added)
+
+
+def _log_uncaught(
+    kind: type[BaseException], error: BaseException, tb: TracebackType | None
+) -> None:
+    logging.getLogger("orchestrator").critical("uncaught exception", exc_info=(kind, error, tb))

@@ -47,6 +47,7 @@ from orchestrator.sessions import fail_session, synthesize_report
 from orchestrator.state import TERMINAL, Lease, now_ms
 from tasks import heartbeat, keys
 from tasks.connection import text
+from tasks.producer import enqueue_job
 
 log = structlog.get_logger("orchestrator.reconcile")
 
@@ -285,13 +286,8 @@ async def _ensure_confirmation(c: Context, session: dict[str, str], now: int) ->
     if await c.store.transition(
         session_id, ("dispatched",), having_dispatch=dispatch_id, confirm_job=job_id
     ):
-        await c.redis.enqueue_job(
-            keys.CONFIRM_ASSIGNMENT,
-            session_id,
-            dispatch_id,
-            attempts,
-            _job_id=job_id,
-            _queue_name=keys.QUEUE_NAME,
+        await enqueue_job(
+            c.redis, keys.CONFIRM_ASSIGNMENT, session_id, dispatch_id, attempts, job_id=job_id
         )
         log.warning("assignment check overdue: queued it again", session_id=session_id)
 

@@ -127,12 +127,25 @@ def worker_settings(settings: Settings | None = None) -> dict[str, Any]:
     }
 
 
+class _WorkerLoopPolicy(uvloop.EventLoopPolicy):  # type: ignore[misc]
+    """The worker's event loop: uvloop, which took a tenth off the CPU cost of a dispatch
+    (bench/dispatch_latency.py). arq sets up plain-text logging of its own after it loads
+    WorkerSettings and before it creates the loop: the loop's creation takes logging back."""
+
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        logs.configure()
+        loop: asyncio.AbstractEventLoop = super().new_event_loop()
+        return loop
+
+
 def build_worker_settings_class() -> type:
     """`arq orchestrator.WorkerSettings` reads a class's attributes; settings are read here,
-    once, so a missing variable stops the worker at start-up with a message naming it.
-
-    arq creates its event loop after reading them: the worker runs on uvloop, which took
-    a tenth off the CPU cost of a dispatch (bench/dispatch_latency.py)."""
-    attributes = worker_settings()
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    once, so a missing variable stops the worker at start-up with a message naming it."""
+    logs.configure()
+    try:
+        attributes = worker_settings()
+    except ConfigError as exc:
+        log.error("cannot start", error=str(exc))
+        raise SystemExit(2) from None
+    asyncio.set_event_loop_policy(_WorkerLoopPolicy())
     return type("WorkerSettings", (), attributes)

@@ -26,6 +26,23 @@ EVENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@/+=-]+$")
 AGENT_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
+# What the JSON schema (the HTTP API's OpenAPI document) says of these fields, so that a client
+# generated from it sends only what is accepted. A room's limit is in bytes, which JSON Schema
+# cannot count: the schema allows rooms of up to 64 characters of any kind (at most 256
+# bytes in UTF-8), or up to 256 printable ASCII characters; the API takes any room of at most
+# 256 bytes.
+ROOM_SCHEMA: dict[str, Any] = {
+    "minLength": 1,
+    "pattern": "^[^\\u0000-\\u001f\\u007f]*$",
+    "allOf": [{"anyOf": [{"maxLength": 64}, {"pattern": "^[\\u0020-\\u007e]{0,256}$"}]}],
+    "description": "The LiveKit room: at most 256 bytes in UTF-8, no control characters",
+}
+EVENT_ID_SCHEMA: dict[str, Any] = {"pattern": "^[A-Za-z0-9._:@/+=-]+$"}
+AGENT_NAME_SCHEMA: dict[str, Any] = {
+    "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+    "maxLength": 128,
+}
+
 SessionStatus = Literal["completed", "failed", "lost"]
 DispatchOutcome = Literal["dispatched", "deduplicated", "expired", "failed", "duplicate_event"]
 
@@ -71,9 +88,11 @@ class DispatchRequest(_Model):
 
     type: Literal["dispatch"] = "dispatch"
     version: Literal[1] = 1
-    event_id: str = Field(min_length=1, max_length=MAX_EVENT_ID_CHARS)
-    room: str
-    agent_name: str | None = None
+    event_id: str = Field(
+        min_length=1, max_length=MAX_EVENT_ID_CHARS, json_schema_extra=EVENT_ID_SCHEMA
+    )
+    room: str = Field(json_schema_extra=ROOM_SCHEMA)
+    agent_name: str | None = Field(None, json_schema_extra=AGENT_NAME_SCHEMA)
     """Falls back to the orchestrator's configured default agent name."""
     metadata: dict[str, Any] = Field(default_factory=dict)
     """The producer's payload; reaches the agent inside the job metadata."""
@@ -150,17 +169,20 @@ class EndSessionRequest(_Model):
     type: Literal["end_session"] = "end_session"
     version: Literal[1] = 1
     session_id: str | None = None
-    room: str | None = None
+    room: str | None = Field(None, json_schema_extra=ROOM_SCHEMA)
     delete_room: bool = False
     """False: delete the dispatch (the agent leaves). True: delete the room (everyone leaves)."""
     reason: str = Field(default="ended by request", max_length=500)
+
+    @field_validator("room")
+    @classmethod
+    def _room(cls, value: str | None) -> str | None:
+        return None if value is None else check_room(value)
 
     @model_validator(mode="after")
     def _one_target(self) -> EndSessionRequest:
         if (self.session_id is None) == (self.room is None):
             raise ValueError("give exactly one of session_id and room")
-        if self.room is not None:
-            check_room(self.room)
         return self
 
 

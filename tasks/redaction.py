@@ -1,5 +1,6 @@
 """The one redaction step every part's logs go through: job metadata (it may carry personal
-data), tokens and secrets never reach a log line."""
+data), tokens and secrets never reach a log line. Also the one place that takes the command
+out of a Redis error's text."""
 
 from __future__ import annotations
 
@@ -29,3 +30,13 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
         elif isinstance(value, str) and "eyJ" in value:  # every JWT starts so
             event[key] = _JWT.sub(REDACTED, value)
     return event
+
+
+_PIPELINE_COMMAND = re.compile(r"^Command # (\d+) \(.*\) of pipeline caused error: ", re.S)
+
+
+def redis_error_text(exc: BaseException) -> str:
+    """A Redis error's text without the command that caused it: redis-py quotes a failed
+    pipeline command with its arguments (a job, with its metadata), and the text reaches
+    logs, HTTP answers and producers' exceptions."""
+    return _PIPELINE_COMMAND.sub(r"Command # \1 of pipeline caused error: ", str(exc))

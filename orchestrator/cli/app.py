@@ -11,23 +11,53 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from orchestrator import logs
+from orchestrator.cli.exits import EXIT_USAGE, UsageError
 from orchestrator.cli.output import Output
 from orchestrator.errors import ConfigError
 from orchestrator.settings import load_client_settings
 
-EXIT_USAGE = 2
 Command = Callable[[argparse.Namespace, Output, Any], Awaitable[int]]
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number from 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    return value
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port (0 picks a free one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port: use 0 to 65535")
+    return value
 
 
 def _json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON document, for scripts")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a wrong command line is one line on stderr (with the help to look at),
+    as every other mistake is, not argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="orchestrator",
         description="Operate the LiveKit agent dispatch orchestrator.",
         epilog="Settings come from the environment (README: Configuration).",
@@ -62,12 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", help="claimed, dispatched, assigned, ending, completed, ...")
     p.add_argument("--agent-name")
     p.add_argument("--since", help="90s, 10m, 2h, 1d, or an ISO time")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=_count, default=50)
     p.add_argument("--live", action="store_true", help="only sessions not yet ended")
     _json_flag(p)
 
     p = sub.add_parser("results", help="session reports from the results stream")
-    p.add_argument("--count", type=int, default=20, help="how many recent reports to show")
+    p.add_argument("--count", type=_count, default=20, help="how many recent reports to show")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new reports")
     p.add_argument("--group", help="read as this consumer group, acknowledging each report")
     p.add_argument("--consumer", help="consumer name in --group (default: the host name)")
@@ -79,13 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dead-letters", help="failed dispatches and rejected jobs; replay")
     p.add_argument("action", nargs="?", choices=["list", "replay"], default="list")
     p.add_argument("entry_id", nargs="?", help="the entry to replay")
-    p.add_argument("--count", type=int, default=20)
+    p.add_argument("--count", type=_count, default=20)
     p.add_argument("--payload", action="store_true", help="show the kept payloads (personal data!)")
     _json_flag(p)
 
     p = sub.add_parser("serve", help="run the HTTP API, webhook receiver and dashboard")
     p.add_argument("--host", help="default: LKD_HTTP_HOST")
-    p.add_argument("--port", type=int, help="default: LKD_HTTP_PORT")
+    p.add_argument("--port", type=_port, help="default: LKD_HTTP_PORT")
 
     p = sub.add_parser("doctor", help="check Redis, workers, LiveKit and the agent workers")
     p.add_argument("--agent-timeout-s", type=float, default=10.0)
@@ -95,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run everything locally with sample events")
     p.add_argument("--duration-s", type=float, help="stop by itself after this long")
     p.add_argument("--event-interval-s", type=float, default=4.0)
-    p.add_argument("--http-port", type=int, default=0, help="default: a free port")
+    p.add_argument("--http-port", type=_port, default=0, help="default: a free port")
     p.add_argument("--log-dir", help="where the run's directory goes (default: the temp dir)")
     return parser
 
@@ -141,7 +171,6 @@ def _command(name: str) -> Command:
 
 def _run_redis_command(args: argparse.Namespace, out: Output, redis_url: str) -> int:
     from orchestrator.cli.connect import RedisUnreachable, open_redis
-    from orchestrator.cli.queue_commands import UsageError
 
     if args.command == "dead-letters" and args.action == "replay" and not args.entry_id:
         out.error("dead-letters replay needs the entry id (see `orchestrator dead-letters`)")

@@ -19,9 +19,12 @@ class RedisUnreachable(Exception):
 
 def safe_url(url: str) -> str:
     """`url` with any password replaced by `***`, fit for logs and messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:  # not even a URL: show none of it, it may hold a password
+        return "(not a URL)"
     user = parts.username or ""
     host = parts.hostname or ""
     netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
@@ -31,9 +34,14 @@ def safe_url(url: str) -> str:
 async def open_redis(url: str, *, timeout_s: float = 3.0) -> ArqRedis:
     """An ArqRedis speaking the JSON job format, connected once (no retry loop: a person is
     waiting)."""
-    settings = dataclasses.replace(
-        redis_settings(url), conn_timeout=max(1, int(timeout_s)), conn_retries=0
-    )
+    try:
+        parsed = redis_settings(url)
+    except (RuntimeError, ValueError):
+        raise RedisUnreachable(
+            f"REDIS_URL {safe_url(url)} is not a Redis URL: use redis://[:password@]host:6379/0 "
+            "(rediss:// for TLS)"
+        ) from None
+    settings = dataclasses.replace(parsed, conn_timeout=max(1, int(timeout_s)), conn_retries=0)
     try:
         redis = await create_pool(
             settings, job_serializer=serialize, job_deserializer=deserialize, retry=0

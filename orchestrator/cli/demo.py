@@ -26,6 +26,7 @@ import aiohttp
 
 from orchestrator.cli.connect import open_redis
 from orchestrator.cli.demo_events import Scenario, Tally
+from orchestrator.cli.exits import EXIT_USAGE
 from orchestrator.cli.output import Output
 from orchestrator.cli.processes import ProcessExited, Supervisor
 from orchestrator.doctor import HEALTH_CHECK_KEY
@@ -54,7 +55,7 @@ def run_demo(args: argparse.Namespace, out: Output, client: ClientSettings) -> i
         demo = Demo(args, out, client)
     except DemoError as exc:
         out.error(str(exc))
-        return 2
+        return EXIT_USAGE
     return asyncio.run(demo.run())
 
 

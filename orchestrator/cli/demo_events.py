@@ -23,7 +23,7 @@ from arq import ArqRedis
 from orchestrator import queries
 from tasks import keys
 from tasks.models import DispatchRequest
-from tasks.producer import enqueue_dispatch
+from tasks.producer import enqueue_dispatch, enqueue_job
 from tasks.serialization import deserialize
 
 PEOPLE = [
@@ -118,11 +118,11 @@ class Scenario:
         event_id = f"{self.run_id}-invalid-1"
         job_id = keys.dispatch_job_id(event_id)
         # Written past the typed helper on purpose: the worker rejects it, with its reasons.
-        await self.redis.enqueue_job(
+        await enqueue_job(
+            self.redis,
             keys.DISPATCH_AGENT,
             {"event_id": event_id, "room": "", "metadata": "not an object"},
-            _job_id=job_id,
-            _queue_name=keys.QUEUE_NAME,
+            job_id=job_id,
         )
         self.sent.append(Sent(event_id, "", job_id, "invalid"))
         self.say(f"an invalid event ({event_id}: empty room, metadata not an object): rejected")

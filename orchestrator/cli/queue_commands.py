@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
@@ -17,25 +18,34 @@ from arq import ArqRedis
 from pydantic import ValidationError
 
 from orchestrator import dead_letters, queries
+from orchestrator.cli.exits import EXIT_NOT_FOUND, EXIT_OK, UsageError
 from orchestrator.cli.output import Output, age_of, clock, duration
 from tasks import keys
 from tasks.models import DispatchRequest, EndSessionRequest, session_id_for
 from tasks.producer import enqueue_dispatch, enqueue_end_session
 
-EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE = 0, 1, 2
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-class UsageError(Exception):
-    """The command line was wrong; the message says which option and what it takes."""
+MAX_SECONDS = 10 * 365 * 86400.0
+"""The longest duration an option takes (ten years): more is a typo."""
+
+
+def seconds(option: str, value: float | None) -> float | None:
+    """A duration option's value, checked: a finite number of seconds, at most ten years
+    either way."""
+    if value is not None and not (math.isfinite(value) and abs(value) <= MAX_SECONDS):
+        raise UsageError(f"{option} {value}: give a number of seconds, at most {MAX_SECONDS:.0f}")
+    return value
 
 
 def parse_since(text: str) -> int:
     """`10m`, `2h`, `1d` ago, or an ISO time, as unix ms."""
     match = _DURATION.match(text.strip())
     if match:
-        return int((time.time() - float(match[1]) * _UNIT_S[match[2]]) * 1000)
+        ago_s = seconds("--since", float(match[1]) * _UNIT_S[match[2]])
+        return int((time.time() - (ago_s or 0.0)) * 1000)
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
@@ -45,34 +55,58 @@ def parse_since(text: str) -> int:
     return int(when.timestamp() * 1000)
 
 
-def _pydantic_problems(exc: ValidationError) -> str:
+_OPTIONS = {"room": "--room", "event_id": "--event-id", "agent_name": "--agent-name"}
+"""A field of an event or request by the option that sets it on the command line."""
+
+
+def _pydantic_problems(
+    exc: ValidationError, what: str = "event", options: frozenset[str] = frozenset(_OPTIONS)
+) -> str:
+    """Every problem, each named by the option that set the field (of `options`), else by
+    the field."""
+    named = {field: flag for field, flag in _OPTIONS.items() if field in options}
     return "; ".join(
-        f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}"
+        f"{named.get(str(e['loc'][0]), '.'.join(map(str, e['loc']))) if e['loc'] else what}: "
+        f"{e['msg']}"
         for e in exc.errors(include_input=False, include_url=False)
     )
+
+
+def _json_object(option: str, text: str) -> dict[str, Any]:
+    """`text` as a JSON object, or a UsageError naming `option` and what is wrong."""
+    try:
+        loaded = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{option}: not JSON ({exc.msg} at character {exc.pos})") from None
+    except RecursionError:
+        raise UsageError(f"{option}: JSON nested too deep") from None
+    if not isinstance(loaded, dict):
+        raise UsageError(f'{option}: must be a JSON object, e.g. \'{{"user_id": "u1"}}\'')
+    return loaded
+
+
+def _read_event(name: str) -> str:
+    if name == "-":
+        return sys.stdin.read()
+    try:
+        return Path(name).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"--event {name}: the file is not UTF-8 text") from None
+    except OSError as exc:
+        raise UsageError(f"--event {name}: cannot read it ({exc.strerror})") from None
 
 
 def build_dispatch_request(args: argparse.Namespace) -> DispatchRequest:
     """The event from `--event FILE|-` (a DispatchRequest's JSON) and/or the flags."""
     data: dict[str, Any] = {}
     if args.event:
-        text = sys.stdin.read() if args.event == "-" else Path(args.event).read_text()
-        try:
-            loaded = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"--event: not JSON ({exc.msg} at character {exc.pos})") from None
-        if not isinstance(loaded, dict):
-            raise UsageError("--event: the event must be a JSON object")
-        data.update(loaded)
-    metadata: dict[str, Any] = dict(data.get("metadata") or {})
+        data.update(_json_object(f"--event {args.event}", _read_event(args.event)))
+    given = data.get("metadata")
+    if given is not None and not isinstance(given, dict):
+        raise UsageError(f"--event {args.event}: its metadata must be a JSON object")
+    metadata: dict[str, Any] = dict(given or {})
     if args.metadata:
-        try:
-            extra = json.loads(args.metadata)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"--metadata: not JSON ({exc.msg})") from None
-        if not isinstance(extra, dict):
-            raise UsageError('--metadata: must be a JSON object, e.g. \'{"user_id": "u1"}\'')
-        metadata.update(extra)
+        metadata.update(_json_object("--metadata", args.metadata))
     for pair in args.meta or []:
         name, sep, value = pair.partition("=")
         if not sep or not name:
@@ -88,14 +122,15 @@ def build_dispatch_request(args: argparse.Namespace) -> DispatchRequest:
     data.setdefault("event_id", f"cli-{uuid.uuid4().hex[:16]}")
     if metadata or "metadata" in data:
         data["metadata"] = metadata
-    if args.expires_in_s is not None:
-        data["expires_at"] = (datetime.now(UTC) + timedelta(seconds=args.expires_in_s)).isoformat()
-    if args.delay_s is not None:
-        data["not_before"] = (datetime.now(UTC) + timedelta(seconds=args.delay_s)).isoformat()
+    if (expires_in_s := seconds("--expires-in-s", args.expires_in_s)) is not None:
+        data["expires_at"] = (datetime.now(UTC) + timedelta(seconds=expires_in_s)).isoformat()
+    if (delay_s := seconds("--delay-s", args.delay_s)) is not None:
+        data["not_before"] = (datetime.now(UTC) + timedelta(seconds=delay_s)).isoformat()
     try:
         return DispatchRequest.model_validate(data)
     except ValidationError as exc:
-        raise UsageError("invalid event: " + _pydantic_problems(exc)) from None
+        given = frozenset(field for field in _OPTIONS if getattr(args, field) is not None)
+        raise UsageError("invalid event: " + _pydantic_problems(exc, options=given)) from None
 
 
 async def cmd_dispatch(args: argparse.Namespace, out: Output, redis: ArqRedis) -> int:
@@ -114,9 +149,15 @@ async def cmd_dispatch(args: argparse.Namespace, out: Output, redis: ArqRedis) -
         "room": request.room,
         "enqueued": not known,
     }
-    if args.wait_s:
-        result = await job.result(timeout=args.wait_s, poll_delay=0.05)
-        answer["result"] = result
+    if wait_s := seconds("--wait-s", args.wait_s):
+        try:
+            answer["result"] = await job.result(timeout=wait_s, poll_delay=0.05)
+        except TimeoutError:
+            due = f", due {request.not_before.isoformat()}" if request.not_before else ""
+            raise UsageError(
+                f"--wait-s {wait_s:g}: no outcome yet for {job.job_id}{due}; it is queued: "
+                f"wait longer, or look later with `orchestrator session {answer['session_id']}`"
+            ) from None
     if out.json_mode:
         out.json(answer)
         return EXIT_OK
@@ -143,7 +184,7 @@ async def cmd_end(args: argparse.Namespace, out: Output, redis: ArqRedis) -> int
             reason=args.reason,
         )
     except ValidationError as exc:
-        raise UsageError(_pydantic_problems(exc)) from None
+        raise UsageError(_pydantic_problems(exc, "end")) from None
     job = await enqueue_end_session(redis, request)
     target = f"session {args.session_id}" if args.session_id else f"room {args.room}"
     if out.json_mode:
@@ -237,6 +278,11 @@ async def cmd_sessions(args: argparse.Namespace, out: Output, redis: ArqRedis) -
 
 async def cmd_dead_letters(args: argparse.Namespace, out: Output, redis: ArqRedis) -> int:
     if args.action == "replay":
+        if not dead_letters.is_entry_id(args.entry_id):
+            raise UsageError(
+                f"dead-letters replay {args.entry_id!r}: not an entry id (like 1765000000000-0; "
+                "`orchestrator dead-letters` lists them)"
+            )
         try:
             job_id = await dead_letters.replay(redis, args.entry_id)
         except dead_letters.ReplayError as exc:

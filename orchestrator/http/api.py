@@ -209,7 +209,7 @@ async def list_dead_letters(request: web.Request) -> web.Response:
 async def replay_dead_letter(request: web.Request) -> web.Response:
     entry_id = request.match_info["entry_id"]
     redis = of(request).redis
-    letter = await dead_letters.get(redis, entry_id) if _entry_id_ok(entry_id) else None
+    letter = await dead_letters.get(redis, entry_id)
     if letter is None:
         raise not_found(f"no dead letter {entry_id!r}")
     try:
@@ -217,11 +217,6 @@ async def replay_dead_letter(request: web.Request) -> web.Response:
     except dead_letters.ReplayError as exc:
         raise ApiError(409, "not_replayable", str(exc)) from None
     return reply(ReplayAccepted(entry_id=entry_id, job_id=job_id), 202)
-
-
-def _entry_id_ok(entry_id: str) -> bool:
-    ms, _, seq = entry_id.partition("-")
-    return ms.isdigit() and seq.isdigit()
 
 
 ROUTES = [

@@ -54,7 +54,10 @@ def authorize(settings: Settings, request: web.Request, *, write: bool) -> None:
         raise ApiError(
             401, "unauthorized", "missing bearer token: send Authorization: Bearer <LKD_API_TOKEN>"
         )
-    if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+    # surrogateescape: a header aiohttp could not decode as UTF-8 is simply not the token.
+    if not hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), expected.get_secret_value().encode()
+    ):
         raise ApiError(401, "unauthorized", "wrong bearer token")
 
 

@@ -10,8 +10,12 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
+
+from tasks.redaction import redis_error_text
 
 log = structlog.get_logger("orchestrator.http")
 
@@ -54,6 +58,10 @@ def invalid(exc: ValidationError, what: str = "body") -> ApiError:
     return ApiError(422, "invalid_request", reason, fields=fields)
 
 
+def _redis_problem(exc: RedisError) -> str:
+    return f"{type(exc).__name__}: {redis_error_text(exc)}"
+
+
 _HTTP_CODES = {
     404: ("not_found", "no such endpoint: see /openapi.json"),
     405: ("method_not_allowed", "method not allowed on this endpoint: see /openapi.json"),
@@ -79,9 +87,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         code, reason = _HTTP_CODES.get(exc.status, ("http_error", exc.reason))
         return ApiError(exc.status, code, reason).response()
+    except (HttpProcessingError, RequestPayloadError) as exc:
+        # The body could not be read as sent (Content-Encoding that does not match it, ...).
+        status = 400
+        reason = f"the request body could not be read ({type(exc).__name__}): check its encoding"
+        return ApiError(400, "bad_body", reason).response()
     except RedisError as exc:
         status = 503
-        log.error("redis unavailable", path=request.path, error=f"{type(exc).__name__}: {exc}")
+        log.error("redis unavailable", path=request.path, error=_redis_problem(exc))
         return ApiError(503, "redis_unavailable", "Redis is unreachable: try again").response()
     except Exception:
         log.exception("request failed", method=request.method, path=request.path)

@@ -45,11 +45,12 @@ class Route:
 
 
 _REASONS = {
-    400: "Bad request",
+    400: "Bad request: the body could not be read as sent, or is not what this takes",
     401: "Missing or wrong bearer token",
     403: "Writes are disabled: LKD_API_TOKEN is not set",
     404: "Not found",
     409: "Conflict with the current state",
+    413: "Request body too large",
     422: "Invalid body or query: every invalid field is named",
     503: "A dependency (Redis, a worker) is not available",
 }
@@ -137,6 +138,10 @@ def openapi(routes: list[Route], *, title: str, version: str) -> dict[str, Any]:
         errors = set(route.errors)
         if route.body is not None or route.query is not None:
             errors.add(422)
+        if route.body is not None:
+            errors |= {400, 413}
+        if route.tag in ("api", "livekit"):
+            errors.add(503)  # Redis unreachable
         if route.access != "public":
             errors.add(401)
             op["security"] = [{"bearerAuth": []}]

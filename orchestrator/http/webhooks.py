@@ -100,8 +100,9 @@ async def livekit_webhook(request: web.Request) -> web.Response:
     if not token:
         WEBHOOKS.labels("unknown", "unsigned").inc()
         raise ApiError(401, "unsigned", "webhook rejected: no Authorization header")
+    raw = await request.read()  # too large (413) or unreadable (400): said as such
     try:
-        body = (await request.read()).decode("utf-8")
+        body = raw.decode("utf-8")
         event = svc.webhook_receiver.receive(body, token)
     except (UnicodeDecodeError, json_format.ParseError) as exc:
         WEBHOOKS.labels("unknown", "invalid").inc()
@@ -124,7 +125,7 @@ ROUTES = [
         "LiveKit webhook receiver",
         "public",
         tag="livekit",
-        errors=(400, 401),
+        errors=(400, 401, 413),
         description="Signed by LiveKit (Authorization: a JWT whose sha256 claim is the "
         "body's hash, with LIVEKIT_API_KEY/SECRET). room_finished and the agent's "
         "participant_left end the room's live session.",

@@ -77,7 +77,7 @@ async def test_unknown_session_and_bad_input_exit_with_reasons(
 
     bad = await cli("dispatch", "--room", "r", "--agent-name", "not valid!")
     assert bad.code == 2
-    assert "agent_name: Value error, 'not valid!' is not a valid agent name" in bad.err
+    assert "--agent-name: Value error, 'not valid!' is not a valid agent name" in bad.err
     not_object = await cli("dispatch", "--room", "r", "--metadata", "[1]")
     assert not_object.code == 2
     assert "--metadata: must be a JSON object" in not_object.err

@@ -163,3 +163,25 @@ async def test_demo_runs_everything_and_ctrl_c_stops_it_all(
     assert "stopped; the logs stay in" in out_path.read_text()
     left = [pid for pid in children if alive(pid)]
     assert left == [], f"processes left running: {left}"
+
+
+async def test_the_demos_processes_do_not_outlive_it_however_it_is_stopped(
+    demo: tuple[subprocess.Popen[bytes], Path],
+) -> None:
+    proc, out_path = demo
+    await eventually(
+        lambda: "ready  the agent worker" in out_path.read_text(errors="replace"),
+        timeout_s=150,
+        what="the demo started",
+    )
+    children = descendants(proc.pid)
+    assert len(children) >= 6
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.5)  # the fault: SIGKILL before it could stop them in order
+    proc.kill()
+    proc.wait()
+    await eventually(
+        lambda: not [pid for pid in children if alive(pid)],
+        timeout_s=60,
+        what=f"the demo's processes to stop: {[p for p in children if alive(p)]}",
+    )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from orchestrator.cli.app import build_parser
 from tasks import keys
+from tasks.producer import ENQUEUE_SCRIPT
 from tests.support.settings_env import variables
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
@@ -44,8 +45,9 @@ def test_configuration_table_matches_the_settings_classes() -> None:
 
 def test_documented_redis_names_are_the_codes() -> None:
     producing = section("Producing events")
-    assert f"arq:job:{keys.dispatch_job_id('<event_id>')}" in producing
-    assert f"ZADD   {keys.QUEUE_NAME} " in producing
+    assert f"`{keys.dispatch_job_id('<event_id>')}`" in producing
+    assert f"```lua\n{ENQUEUE_SCRIPT}```" in producing  # the very script producers run
+    assert f'"{keys.QUEUE_NAME}"' in producing
     assert f'"f": "{keys.DISPATCH_AGENT}"' in producing
     assert f"`{keys.RESULTS_STREAM}`" in section("Consuming results")
     assert f"`{keys.DEAD_LETTER_STREAM}`" in section("Dead letters")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from arq import ArqRedis
 from arq.worker import Worker
+from redis.asyncio import Redis
 
 from livekit_sim import LiveKitSim
 from orchestrator import dead_letters, dispatch
@@ -19,6 +21,7 @@ from orchestrator.state import Claim, SessionStore
 from tasks import DispatchRequest, enqueue_dispatch, recent_results, session_id_for
 from tasks.heartbeat import AgentJob, beat
 from tasks.keys import ARQ_RESULT_PREFIX, DEAD_LETTER_STREAM, QUEUE_NAME, dispatch_job_id
+from tasks.producer import ENQUEUE_SCRIPT
 from tests.orchestrator.conftest import RunWorker, make_settings
 from tests.support.fake_worker import AcceptingWorker
 from tests.support.waiting import eventually
@@ -118,25 +121,40 @@ async def test_deferred_event_waits_for_not_before(
     assert call.at_ns / 1e9 >= at.timestamp()
 
 
+def readme_script() -> str:
+    """The Lua script the README gives producers in other languages."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    return text.split("```lua\n", 1)[1].split("```", 1)[0]
+
+
 async def test_plain_redis_commands_enqueue_a_dispatch(
-    sim: LiveKitSim, arq_redis: ArqRedis, orchestrator: Worker
+    sim: LiveKitSim, arq_redis: ArqRedis, redis_server: LocalRedis, orchestrator: Worker
 ) -> None:
-    """What a non-Python producer does (README: "Producing events from other languages")."""
-    event = {"event_id": "evt-go-1", "room": "from-go", "metadata": {"ticket": 7}}
+    """What a non-Python producer does (README: "Producing events from other languages"),
+    on a plain client, twice: one job. Queued due now, its not_before a moment ahead is held
+    by the worker all the same (a producer may get the score wrong)."""
+    not_before = datetime.now(UTC) + timedelta(seconds=0.8)
+    event = {"event_id": "evt-go-1", "room": "from-go", "metadata": {"ticket": 7},
+             "not_before": not_before.isoformat()}  # fmt: skip
     job_id = "dispatch:evt-go-1"
-    body = json.dumps({"t": 1, "f": "dispatch_agent", "a": [event], "k": {},
-                       "et": int(time.time() * 1000)})  # fmt: skip
-    async with arq_redis.pipeline(transaction=True) as pipe:
-        await pipe.watch(f"arq:job:{job_id}", f"arq:result:{job_id}")
-        assert await pipe.exists(f"arq:job:{job_id}", f"arq:result:{job_id}") == 0
-        pipe.multi()
-        pipe.set(f"arq:job:{job_id}", body, px=86_400_000)
-        pipe.zadd("arq:queue", {job_id: int(time.time() * 1000)})
-        await pipe.execute()
+    now = int(time.time() * 1000)
+    body = json.dumps({"t": 1, "f": "dispatch_agent", "a": [event], "k": {}, "et": now})
+    plain = Redis.from_url(redis_server.url)
+    script = readme_script()
+    assert script == ENQUEUE_SCRIPT
+    keys = [f"arq:job:{job_id}", f"arq:result:{job_id}", "arq:queue"]
+    try:
+        first = await plain.eval(script, 3, *keys, body, now, 86_400_000, job_id)  # type: ignore[misc]
+        again = await plain.eval(script, 3, *keys, body, now, 86_400_000, job_id)  # type: ignore[misc]
+    finally:
+        await plain.aclose()
+    assert (first, again) == (1, 0)
     result = await job_result(arq_redis, job_id)
     assert result["outcome"] == "dispatched"
     [dispatch] = [d for d in sim.dispatches("from-go") if d.id == result["dispatch_id"]]
     assert json.loads(dispatch.metadata)["metadata"] == {"ticket": 7}
+    [call] = sim.calls_to(CREATE)
+    assert call.at_ns / 1e9 >= not_before.timestamp()
 
 
 async def test_invalid_events_are_rejected_with_reasons_and_nothing_else_is_lost(
@@ -307,14 +325,15 @@ async def test_a_claim_waits_to_share_a_write_only_for_an_event_that_waited_in_t
     monkeypatch.setattr(SessionStore, "claim", recorded)
     # Well above what a fresh event waits on a busy machine, well below the late one's wait.
     monkeypatch.setattr(dispatch, "BACKLOG_WAIT_S", 1.0)
-    fresh = DispatchRequest(event_id="e-fresh", room="r-fresh")
-    # Due five seconds ago: it waited that long, as events behind a backlog do.
-    late = DispatchRequest(
-        event_id="e-late", room="r-late", not_before=datetime.now(UTC) - timedelta(seconds=5)
-    )
-    for request in (fresh, late):
-        job = await enqueue_dispatch(arq_redis, request)
-        assert (await job_result(arq_redis, job.job_id))["outcome"] == "dispatched"
+    fresh = await enqueue_dispatch(arq_redis, DispatchRequest(event_id="e-fresh", room="r-fresh"))
+    assert (await job_result(arq_redis, fresh.job_id))["outcome"] == "dispatched"
+    # Due five seconds ago: it waited that long in the queue, as events behind a backlog do.
+    now = int(time.time() * 1000)
+    body = json.dumps({"t": None, "f": "dispatch_agent", "k": {}, "et": now - 5_000,
+                       "a": [{"event_id": "e-late", "room": "r-late"}]})  # fmt: skip
+    keys = ["arq:job:dispatch:e-late", "arq:result:dispatch:e-late", "arq:queue"]
+    await arq_redis.eval(ENQUEUE_SCRIPT, 3, *keys, body, now - 5_000, 60_000, "dispatch:e-late")  # type: ignore[misc]
+    assert (await job_result(arq_redis, "dispatch:e-late"))["outcome"] == "dispatched"
     assert settings.backlog_linger_ms > 0
     assert lingers == {"e-fresh": 0.0, "e-late": settings.backlog_linger_ms / 1000}
 
