@@ -13,6 +13,7 @@ from orchestrator import dead_letters, metrics
 from orchestrator.context import Context, of
 from orchestrator.errors import describe_validation
 from orchestrator.rejections import reject
+from orchestrator.state import Filing
 from tasks import keys
 from tasks.models import EndSessionRequest, SessionReport, SessionStatus
 
@@ -23,9 +24,13 @@ def _ms_to_dt(value: str | None) -> datetime | None:
     return datetime.fromtimestamp(int(value) / 1000, UTC) if value else None
 
 
-async def file_report(c: Context, report: SessionReport) -> bool:
-    """File a terminal report exactly once; a second one for the session is kept aside."""
-    if await c.store.file_report(report):
+async def file_report(c: Context, report: SessionReport) -> Filing:
+    """File a terminal report exactly once; another one for the session is kept aside."""
+    filing = await c.store.file_report(report)
+    if filing == "same":
+        log.info("session report filed already (its job ran again)", session_id=report.session_id)
+        return filing
+    if filing == "filed":
         metrics.REPORTS.labels(report.status).inc()
         log.info(
             "session report filed",
@@ -35,7 +40,7 @@ async def file_report(c: Context, report: SessionReport) -> bool:
             source=report.source,
             end_reason=report.end_reason,
         )
-        return True
+        return filing
     metrics.DUPLICATE_REPORTS.inc()
     await c.redis.xadd(
         keys.DUPLICATE_REPORTS_STREAM,
@@ -49,7 +54,7 @@ async def file_report(c: Context, report: SessionReport) -> bool:
         approximate=True,
     )
     log.warning("duplicate report ignored", session_id=report.session_id, source=report.source)
-    return False
+    return filing
 
 
 async def synthesize_report(
@@ -74,7 +79,7 @@ async def synthesize_report(
         error=reason if status != "completed" else None,
         source="orchestrator",
     )
-    return await file_report(c, report)
+    return await file_report(c, report) == "filed"
 
 
 async def fail_session(
@@ -118,8 +123,9 @@ async def session_report(ctx: dict[str, Any], report: Any) -> dict[str, Any]:
     except ValidationError as exc:
         reason = describe_validation(exc, "session report")
         return await reject(ctx, kind="invalid_report", reason=reason, payload=report)
-    filed = await file_report(c, parsed)
-    return {"outcome": "filed" if filed else "duplicate", "session_id": parsed.session_id}
+    filing = await file_report(c, parsed)
+    outcome = "duplicate" if filing == "other" else "filed"
+    return {"outcome": outcome, "session_id": parsed.session_id}
 
 
 async def end_session(ctx: dict[str, Any], request: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ The room claim exists exactly while the room's session is not terminal.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -85,14 +86,19 @@ return {'claimed', sid}
 
 # KEYS: report filed, results stream, session, live set, room claim, session payload,
 #       reconcile due set, session lease
-# ARGV: session_id, status, report_json, event_id, room, retention_s, maxlen, then field pairs
+# ARGV: session_id, status, report_json, event_id, room, retention_s, maxlen, report digest,
+#       then field pairs. Answers 1 (filed), 0 (the session has another report), 2 (this same
+#       report is filed already: its job ran again).
 _FILE_REPORT = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[6]) then return 0 end
+if not redis.call('SET', KEYS[1], ARGV[8], 'NX', 'EX', ARGV[6]) then
+  if redis.call('GET', KEYS[1]) == ARGV[8] then return 2 end
+  return 0
+end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'session_id', ARGV[1],
            'event_id', ARGV[4], 'room', ARGV[5], 'status', ARGV[2], 'report', ARGV[3])
 redis.call('HSET', KEYS[3], 'session_id', ARGV[1], 'event_id', ARGV[4], 'room', ARGV[5],
            'status', ARGV[2])
-for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
+for i = 9, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[3], ARGV[6])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[7], ARGV[1])
@@ -193,6 +199,10 @@ return freed
 
 ClaimKind = Literal["claimed", "resume", "busy", "deduplicated", "duplicate_event"]
 LeaseAnswer = Literal["ok", "busy", "moved"]
+Filing = Literal["filed", "same", "other"]
+"""What filing a report did: filed it; found this same report filed (its job ran again);
+found another report filed for the session."""
+_FILINGS: dict[int, Filing] = {1: "filed", 2: "same", 0: "other"}
 
 
 @dataclass(frozen=True)
@@ -373,9 +383,10 @@ class SessionStore:
             )
         )
 
-    async def file_report(self, report: SessionReport) -> bool:
+    async def file_report(self, report: SessionReport) -> Filing:
         """Append the session's terminal report to the results stream, mark it terminal and
-        free its room, all at once. False when the session already has its report."""
+        free its room, all at once; unless the session has its report already: this same one
+        (its job ran again), or another."""
         fields = {
             "ended_at": int(report.ended_at.timestamp() * 1000),
             "end_reason": report.end_reason,
@@ -386,14 +397,16 @@ class SessionStore:
             value = getattr(report, name)
             if value:
                 fields[name] = value
+        body = report.model_dump_json()
         args: list[Any] = [
             report.session_id,
             report.status,
-            report.model_dump_json(),
+            body,
             report.event_id,
             report.room,
             self.retention_s,
             keys.RESULTS_STREAM_MAXLEN,
+            hashlib.blake2b(body.encode(), digest_size=16).hexdigest(),
         ]
         for name, value in fields.items():
             args += [name, value]
@@ -411,7 +424,7 @@ class SessionStore:
             ],
             args=args,
         )
-        return bool(filed)
+        return _FILINGS[filed]
 
     async def take_lease(
         self, session_id: str, lease: Lease, *, status: str, dispatch_id: str = ""

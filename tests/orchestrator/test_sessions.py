@@ -21,7 +21,7 @@ from tasks import (
     recent_results,
 )
 from tasks.heartbeat import beat
-from tasks.keys import DUPLICATE_REPORTS_STREAM, RESULTS_STREAM
+from tasks.keys import ARQ_RESULT_PREFIX, DUPLICATE_REPORTS_STREAM, RESULTS_STREAM
 from tests.orchestrator.conftest import RunWorker, make_settings
 from tests.orchestrator.test_dispatch import CREATE, job_result
 from tests.support.fake_worker import AcceptingWorker
@@ -80,6 +80,24 @@ async def test_agent_report_is_filed_once_and_frees_the_room(
     second = await dispatched(arq_redis, "e-report-2", "r-report")
     assert second["session_id"] != sid
     assert len(sim.calls_to(CREATE)) == 2
+
+
+async def test_a_report_job_that_runs_again_is_not_a_duplicate(
+    arq_redis: ArqRedis, orchestrator: Worker, sim: LiveKitSim
+) -> None:
+    """A worker killed after filing a report and before arq recorded the job done: arq runs
+    the same job again, and that is no second report."""
+    sid = (await dispatched(arq_redis, "e-again", "r-again"))["session_id"]
+    report = agent_report(sid, "r-again", event_id="e-again")
+    job = await enqueue_session_report(arq_redis, report, nonce="AJ_again")
+    assert (await job_result(arq_redis, job.job_id))["outcome"] == "filed"
+
+    await arq_redis.delete(ARQ_RESULT_PREFIX + job.job_id)  # as if its end was never recorded
+    again = await enqueue_session_report(arq_redis, report, nonce="AJ_again")
+    assert again.job_id == job.job_id
+    assert (await job_result(arq_redis, job.job_id))["outcome"] == "filed"
+    assert await arq_redis.xlen(DUPLICATE_REPORTS_STREAM) == 0
+    assert await arq_redis.xlen(RESULTS_STREAM) == 1
 
 
 async def test_end_session_by_room_deletes_the_dispatch(
@@ -179,7 +197,7 @@ async def test_a_claim_left_behind_does_not_keep_the_room_from_its_next_session(
             )  # fmt: skip
             assert first.kind == "claimed"
             if ended:
-                assert await sessions.file_report(agent_report(holder, "r-left"))
+                assert await sessions.file_report(agent_report(holder, "r-left")) == "filed"
             else:
                 await arq_redis.delete(f"lkd:session:{holder}")
             await arq_redis.set("lkd:room:r-left", holder)  # a crash between steps
