@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from agent.errors import InvalidMetadataError
 from tasks.models import JobMetadata
+from tasks.validation import problems
 
 MAX_ID_CHARS = 200
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]+$")
@@ -39,12 +40,8 @@ def parse_job_metadata(raw: str) -> JobMetadata:
     try:
         return JobMetadata.model_validate(data)
     except ValidationError as exc:
-        problems = [
-            f"{'.'.join(str(part) for part in error['loc']) or '(root)'}: {error['msg']}"
-            for error in exc.errors(include_input=False, include_url=False)
-        ]
         raise InvalidMetadataError(
-            "job metadata is not an 'lkd.job' version 1 object: " + "; ".join(problems)
+            "job metadata is not an 'lkd.job' version 1 object: " + problems(exc)
         ) from None
 
 

@@ -1,7 +1,7 @@
 """One session in a job process: the livekit-agents entrypoint, `on_session_end`, and the
 shutdown-callback fallback that together write exactly one report per job.
 
-What runs when (livekit-agents 1.8.9, see ../shared/reference/livekit-python-apis.md §A2):
+What runs when (livekit-agents 1.8.9, `livekit/agents/job.py` and `ipc/job_proc_lazy_main.py`):
 the entrypoint starts before any room connection; the session ends when the handler returns
 or raises (we call `ctx.shutdown`), or from outside (JobTermination after DeleteDispatch or
 DeleteRoom, room disconnect, worker stop). Then livekit-agents waits for the entrypoint (up to
@@ -259,7 +259,7 @@ async def probe_end_reason(ctx: JobContext, timeout_s: float) -> str:
         dispatch = await asyncio.wait_for(
             ctx.api.agent_dispatch.get_dispatch(job.dispatch_id, job.room.name), timeout_s
         )
-    except api.TwirpError as exc:
+    except api.ServerError as exc:
         if exc.code == "not_found":
             return "the room was closed"
         if exc.code == "unavailable":  # what a room no node hosts any more answers

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from agent.errors import ConfigError
 from tasks.keys import AGENT_HEARTBEAT_INTERVAL_S, AGENT_WORKER_HEARTBEAT_INTERVAL_S
 from tasks.models import check_agent_name
+from tasks.validation import problems
 
 DEFAULT_AGENT_NAME = "support-agent"
 """The orchestrator's default too: a worker and the orchestrator must agree on it."""
@@ -126,8 +127,5 @@ def load_settings(**overrides: object) -> AgentSettings:
     try:
         return AgentSettings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            field = str(error["loc"][0]) if error["loc"] else ""
-            problems.append(f"{env_name(field)}: {error['msg']}")
-        raise ConfigError("invalid agent settings: " + "; ".join(problems)) from None
+        said = problems(exc, where=lambda loc: env_name(str(loc[0])))
+        raise ConfigError("invalid agent settings: " + said) from None

@@ -85,7 +85,7 @@ async def run_level(
                         )
                     )
                     done += 1
-                except api.TwirpError:
+                except api.ServerError:
                     errors += 1
                 i += concurrency
 

@@ -41,6 +41,8 @@ DEFAULT_DEPARTURE_TIMEOUT_S = 20.0
 # psrpc to a room nobody hosts: 3 attempts x 1 s before "no response from servers".
 DEFAULT_MISSING_ROOM_DELAY_S = 3.0
 ROOM_CHECK_INTERVAL_S = 1.0
+STOP_GRACE_S = 1.0
+"""How long stopping waits for requests in flight."""
 
 
 class LiveKitSim:
@@ -267,7 +269,11 @@ class LiveKitSim:
 
     async def start(self) -> LiveKitSim:
         await self.webhooks.start()
-        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        # A sim stops at the end of a test or a run: a handler slowed on purpose (a fault's
+        # delay) is cancelled after a moment rather than waited for (aiohttp waits 60 s).
+        self._runner = web.AppRunner(
+            self.app, handle_signals=False, access_log=None, shutdown_timeout=STOP_GRACE_S
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()

@@ -37,7 +37,7 @@ class ApiTokenSigner:
         """`Authorization` header value: a token valid for TOKEN_TTL_S with these grants."""
         now = int(time.time())
         claims = {
-            "video": {**video, **DEFAULT_GRANTS},
+            "video": {**DEFAULT_GRANTS, **video},  # the caller's grants win, as in VideoGrants
             "sub": "",
             "iss": self._api_key,
             "nbf": now,

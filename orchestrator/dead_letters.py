@@ -11,18 +11,19 @@ from typing import Any
 
 from arq import ArqRedis
 
+from orchestrator.errors import OrchestratorError
 from tasks import keys
 from tasks.connection import text
 from tasks.producer import enqueue_job
 from tasks.serialization import MAX_RAW_KEPT_CHARS, serialize
 
-REPLAYED = keys.PREFIX + "dead-letters:replayed"
-
 
 @dataclass(frozen=True)
 class DeadLetter:
     entry_id: str
-    kind: str  # "failed_dispatch" | "invalid_event" | "invalid_report" | "malformed_job"
+    kind: (
+        str  # "failed_dispatch" (replayable) | "invalid_event" | "invalid_report" | "malformed_job"
+    )
     reason: str
     job_id: str
     event_id: str
@@ -37,7 +38,7 @@ class DeadLetter:
         return self.kind == "failed_dispatch" and self.replayed_as is None
 
 
-class ReplayError(Exception):
+class ReplayError(OrchestratorError):
     """A dead letter that cannot be replayed; the message says why."""
 
 
@@ -97,7 +98,7 @@ def _decode(
 async def recent(redis: ArqRedis, count: int = 50) -> list[DeadLetter]:
     """The newest dead letters, newest first."""
     rows = await redis.xrevrange(keys.DEAD_LETTER_STREAM, count=count)
-    raw: dict[bytes, bytes] = await redis.hgetall(REPLAYED)  # type: ignore[misc]
+    raw: dict[bytes, bytes] = await redis.hgetall(keys.DEAD_LETTERS_REPLAYED)  # type: ignore[misc]
     replayed = {text(k): text(v) for k, v in raw.items()}
     return [_decode(eid, fields, replayed) for eid, fields in rows]
 
@@ -118,7 +119,7 @@ async def get(redis: ArqRedis, entry_id: str) -> DeadLetter | None:
     rows = await redis.xrange(keys.DEAD_LETTER_STREAM, min=entry_id, max=entry_id)
     if not rows:
         return None
-    replayed = await redis.hget(REPLAYED, entry_id)  # type: ignore[misc]
+    replayed = await redis.hget(keys.DEAD_LETTERS_REPLAYED, entry_id)  # type: ignore[misc]
     return _decode(rows[0][0], rows[0][1], {entry_id: text(replayed)} if replayed else {})
 
 
@@ -137,7 +138,7 @@ async def replay(redis: ArqRedis, entry_id: str) -> str:
         )
     generation = letter.generation + 1
     job_id = f"{keys.dispatch_job_id(letter.event_id)}:g{generation}"
-    if not await redis.hsetnx(REPLAYED, entry_id, job_id):  # type: ignore[misc]
+    if not await redis.hsetnx(keys.DEAD_LETTERS_REPLAYED, entry_id, job_id):  # type: ignore[misc]
         raise ReplayError(
             f"dead letter {entry_id} was already replayed as {letter.replayed_as or job_id}"
         )

@@ -31,8 +31,7 @@ from tasks.models import JobMetadata
 
 Status = Literal["ok", "warn", "fail", "skip"]
 
-HEALTH_CHECK_KEY = keys.QUEUE_NAME + ":health-check"
-"""Where arq workers check in (arq's `<queue>:health-check`, refreshed every 10 s)."""
+_HEALTH_CHECK_EXPIRY_S = keys.WORKER_HEALTH_CHECK_INTERVAL_S + 1
 PROBE_PREFIX = "lkd-doctor-"
 """Rooms, sessions and events of the agent probe carry this prefix."""
 SKEW_WARN_S = 5.0
@@ -152,7 +151,7 @@ async def worker_checks(redis: Redis) -> list[Check]:
     """An orchestrator worker checked in recently, and the queue is not falling behind."""
     checks: list[Check] = []
     try:
-        beat = await redis.get(HEALTH_CHECK_KEY)
+        beat = await redis.get(keys.WORKER_HEALTH_CHECK)
         oldest = await redis.zrange(keys.QUEUE_NAME, 0, 0, withscores=True)
         depth = int(await redis.zcard(keys.QUEUE_NAME))
     except (RedisError, OSError):
@@ -162,7 +161,7 @@ async def worker_checks(redis: Redis) -> list[Check]:
             Check(
                 "orchestrator workers",
                 "fail",
-                "no orchestrator worker has checked in within the last 11 s",
+                f"no orchestrator worker has checked in within the last {_HEALTH_CHECK_EXPIRY_S} s",
                 "start one: `arq orchestrator.WorkerSettings` with the same REDIS_URL "
                 "(its log says why when it stops at start-up)",
             )
@@ -237,9 +236,7 @@ def skew_check(clock: LiveKitClock) -> Check:
     )
 
 
-async def livekit_checks(
-    settings: Settings, *, agent_timeout_s: float, probe: bool, redis: Redis | None
-) -> list[Check]:
+async def livekit_checks(settings: Settings, *, agent_timeout_s: float, probe: bool) -> list[Check]:
     url = settings.http_livekit_url
     try:
         clock = await read_livekit_clock(url, settings.livekit_timeout_s)
@@ -356,7 +353,6 @@ async def run_checks(
                 settings,
                 agent_timeout_s=agent_timeout_s,
                 probe=probe,
-                redis=redis if reachable else None,
             )
     finally:
         await redis.aclose()

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-from livekit.api import TwirpError
+from livekit.api import ServerError
 from pydantic import ValidationError
+
+from tasks.validation import problems
 
 # Twirp codes that describe a passing condition on the server side.
 TRANSIENT_CODES = frozenset(
@@ -33,24 +35,16 @@ class LiveKitError(OrchestratorError):
         self.retryable = retryable
 
 
-class DispatchFailed(OrchestratorError):
-    """A dispatch that will not succeed: the reason is what a person reads."""
-
-
 def describe_validation(exc: ValidationError, what: str) -> str:
     """A validation error as one line a person can act on, naming every bad field."""
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or what
-        parts.append(f"{where}: {error['msg']}")
-    return f"invalid {what}: " + "; ".join(parts)
+    return f"invalid {what}: " + problems(exc, whole=what)
 
 
 def classify(exc: BaseException, call: str) -> LiveKitError:
     """Turn whatever a LiveKit call raised into a LiveKitError with an actionable message."""
     if isinstance(exc, LiveKitError):
         return exc
-    if isinstance(exc, TwirpError):
+    if isinstance(exc, ServerError):
         code, status = exc.code, exc.status
         if status == 401 or code == "unauthenticated":
             detail = exc.message or "invalid token"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 
 EVENTS_RECEIVED = Counter("lkd_events_received_total", "Dispatch events taken off the queue")
 DISPATCH_OUTCOMES = Counter(
@@ -22,4 +22,3 @@ LIVEKIT_CALLS = Histogram(
 REPORTS = Counter("lkd_reports_total", "Terminal session reports filed, by status", ["status"])
 DUPLICATE_REPORTS = Counter("lkd_duplicate_reports_total", "Reports for already-reported sessions")
 REJECTED_JOBS = Counter("lkd_rejected_jobs_total", "Jobs rejected as malformed or invalid")
-ACTIVE_SESSIONS = Gauge("lkd_active_sessions", "Sessions not yet terminal (last reconciliation)")

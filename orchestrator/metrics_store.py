@@ -26,9 +26,6 @@ from redis.exceptions import RedisError
 from orchestrator import metrics
 from tasks import keys
 
-METRICS_KEY = keys.PREFIX + "metrics"
-"""Hash of sample (name + JSON labels) → cumulative value, summed over every worker."""
-
 SHARED: tuple[Any, ...] = (
     metrics.EVENTS_RECEIVED,
     metrics.DISPATCH_OUTCOMES,
@@ -97,7 +94,7 @@ async def flush(redis: Redis) -> int:
     try:
         async with redis.pipeline(transaction=True) as pipe:
             for field, value in delta.items():
-                pipe.hincrbyfloat(METRICS_KEY, field, value)
+                pipe.hincrbyfloat(keys.METRICS, field, value)
             await pipe.execute()
     except (RedisError, OSError):
         _give_back(delta)
@@ -137,7 +134,7 @@ class Flusher:
 
 async def read(redis: Redis) -> dict[str, float]:
     """The cluster-wide samples, for `families`."""
-    raw: dict[bytes, bytes] = await redis.hgetall(METRICS_KEY)  # type: ignore[misc]
+    raw: dict[bytes, bytes] = await redis.hgetall(keys.METRICS)  # type: ignore[misc]
     return {k.decode(): float(v) for k, v in raw.items()}
 
 

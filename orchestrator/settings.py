@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.errors import ConfigError
 from tasks.models import check_agent_name
+from tasks.validation import Location, problems
 
 _HINTS = {
     "livekit_url": "LIVEKIT_URL is not set: the LiveKit server URL, e.g. ws://localhost:7880",
@@ -135,8 +137,7 @@ def load_client_settings() -> ClientSettings:
     try:
         return ClientSettings()
     except ValidationError as exc:
-        problems = [f"{e['loc'][0] if e['loc'] else ''}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError("invalid settings: " + "; ".join(problems)) from None
+        raise ConfigError("invalid settings: " + problems(exc, where=_first)) from None
 
 
 def child_environment(overrides: dict[str, str]) -> dict[str, str]:
@@ -150,13 +151,23 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            loc = str(error["loc"][0]) if error["loc"] else ""
-            field = loc.lower()
-            if error["type"] in ("missing", "string_too_short", "too_short") and field in _HINTS:
-                problems.append(_HINTS[field])
-            else:
-                name = loc if loc.isupper() else f"LKD_{loc.upper()}"
-                problems.append(f"{name}: {error['msg']}")
-        raise ConfigError("invalid orchestrator settings: " + "; ".join(problems)) from None
+        said = problems(exc, where=_variable, instead=_hint)
+        raise ConfigError("invalid orchestrator settings: " + said) from None
+
+
+def _first(loc: Location) -> str:
+    return str(loc[0])
+
+
+def _variable(loc: Location) -> str:
+    """The environment variable of a field (an alias is already one)."""
+    name = str(loc[0])
+    return name if name.isupper() else f"LKD_{name.upper()}"
+
+
+def _hint(error: ErrorDetails) -> str | None:
+    """What to put in a required variable left out or empty."""
+    field = str(error["loc"][0]).lower() if error["loc"] else ""
+    if error["type"] in ("missing", "string_too_short", "too_short"):
+        return _HINTS.get(field)
+    return None

@@ -4,7 +4,7 @@ Speaks what livekit-api's `TwirpClient` speaks: `POST <url>/twirp/livekit.<Servi
 with a protobuf body, `Content-Type: application/protobuf`, an `X-Livekit-Request-Id`
 idempotency key and the caller's `Authorization`; a 200 carries the protobuf answer, any
 other status a Twirp JSON error (`code`, `msg`, `meta`), raised as livekit-api's
-`TwirpError`. Transport failures raise `OSError` (`ConnectionError`), timeouts
+`ServerError`. Transport failures raise `OSError` (`ConnectionError`), timeouts
 `TimeoutError`. `orchestrator.errors.classify` reads all three.
 
 Why not livekit-api's client: it rides on aiohttp, whose per-request machinery cost more CPU
@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import httptools
 from google.protobuf.message import Message
-from livekit.api import TwirpError
+from livekit.api import ServerError
 
 T = TypeVar("T", bound=Message)
 USER_AGENT = "livekit-dispatch-orchestrator"
@@ -239,7 +239,7 @@ class TwirpClient:
         return connection, False
 
 
-def _twirp_error(status: int, answer: bytes) -> TwirpError:
+def _twirp_error(status: int, answer: bytes) -> ServerError:
     """As livekit-api reads a failed call: the Twirp JSON error, or code `unknown`."""
     try:
         data = json.loads(answer)
@@ -248,7 +248,7 @@ def _twirp_error(status: int, answer: bytes) -> TwirpError:
     if not isinstance(data, dict):
         data = {}
     meta = data.get("meta")
-    return TwirpError(
+    return ServerError(
         str(data.get("code", "unknown")),
         str(data.get("msg", "")),
         status=status,

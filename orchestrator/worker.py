@@ -122,7 +122,7 @@ def worker_settings(settings: Settings | None = None) -> dict[str, Any]:
         "keep_result": 3600,
         # arq's per-job lines are off (logs.configure); this spares building the result's.
         "log_results": False,
-        "health_check_interval": 10,
+        "health_check_interval": keys.WORKER_HEALTH_CHECK_INTERVAL_S,
         "job_completion_wait": int(timeout),
     }
 

@@ -10,6 +10,11 @@ from __future__ import annotations
 QUEUE_NAME = "arq:queue"
 ARQ_JOB_PREFIX = "arq:job:"
 ARQ_RESULT_PREFIX = "arq:result:"
+WORKER_HEALTH_CHECK = QUEUE_NAME + ":health-check"
+"""arq's health-check key: every orchestrator worker refreshes it each
+WORKER_HEALTH_CHECK_INTERVAL_S, with an expiry one second longer, and deletes it when it
+stops."""
+WORKER_HEALTH_CHECK_INTERVAL_S = 10
 
 # Job function names: the `f` field of a job.
 DISPATCH_AGENT = "dispatch_agent"
@@ -26,6 +31,10 @@ DEAD_LETTER_STREAM = PREFIX + "dead-letters"
 """Failed dispatches and rejected jobs, with their reason and what is needed to replay them."""
 DUPLICATE_REPORTS_STREAM = PREFIX + "duplicate-reports"
 """Second and later reports for a session that already has its terminal report."""
+DEAD_LETTERS_REPLAYED = PREFIX + "dead-letters:replayed"
+"""Hash: dead-letter entry id -> the event id it was replayed as."""
+METRICS = PREFIX + "metrics"
+"""Hash: the workers' counters and histogram buckets, summed across workers (/metrics)."""
 
 LIVE_SESSIONS = PREFIX + "sessions:live"
 """Sorted set of session ids not yet terminal, scored by claim time (unix ms)."""

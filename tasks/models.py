@@ -7,14 +7,13 @@ later change can be told apart. Field limits are LiveKit's, checked before any c
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-# LiveKit limits (../shared/reference/livekit-server-dispatch.md §5). Dispatch metadata is
+# LiveKit limits (livekit-server `pkg/config/config.go`, LimitConfig). Dispatch metadata is
 # capped at 512 KiB from server v1.13.2 and at 64000 bytes for room/participant metadata
 # before it; we hold job metadata to the older, smaller limit so every server accepts it.
 MAX_METADATA_BYTES = 64_000
@@ -227,7 +226,3 @@ class SessionReport(_Model):
         if self.status != "completed" and not self.error:
             raise ValueError(f"a {self.status} report needs an error saying why")
         return self
-
-
-def compact_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

@@ -5,9 +5,3 @@ and is loaded inside agent processes.
 """
 
 from __future__ import annotations
-
-
-def main(argv: list[str] | None = None) -> int:
-    from orchestrator.cli.app import main as run
-
-    return run(argv)

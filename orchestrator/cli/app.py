@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 from orchestrator import logs
-from orchestrator.cli.exits import EXIT_USAGE, UsageError
+from orchestrator.cli.exits import EXIT_OK, EXIT_USAGE, UsageError
 from orchestrator.cli.output import Output
 from orchestrator.errors import ConfigError
 from orchestrator.settings import load_client_settings
@@ -189,7 +189,7 @@ def _run_redis_command(args: argparse.Namespace, out: Output, redis_url: str) ->
         out.error(str(exc))
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return 0
+        return EXIT_OK
 
 
 def entry_point() -> None:

@@ -9,11 +9,12 @@ from urllib.parse import urlsplit, urlunsplit
 from arq import ArqRedis, create_pool
 from redis.exceptions import RedisError
 
+from orchestrator.errors import OrchestratorError
 from tasks.connection import redis_settings
 from tasks.serialization import deserialize, serialize
 
 
-class RedisUnreachable(Exception):
+class RedisUnreachable(OrchestratorError):
     """Redis could not be reached; the message names the URL (password hidden) and REDIS_URL."""
 
 

@@ -26,12 +26,13 @@ import aiohttp
 
 from orchestrator.cli.connect import open_redis
 from orchestrator.cli.demo_events import Scenario, Tally
-from orchestrator.cli.exits import EXIT_USAGE
+from orchestrator.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from orchestrator.cli.output import Output
 from orchestrator.cli.processes import ProcessExited, Supervisor
-from orchestrator.doctor import HEALTH_CHECK_KEY
+from orchestrator.errors import OrchestratorError
 from orchestrator.local_redis import find_redis_server, free_port
 from orchestrator.settings import ClientSettings, child_environment
+from tasks import keys
 
 AGENT_NAME = "demo-agent"
 API_KEY = "demo-key"
@@ -46,7 +47,7 @@ STOP_ORDER = [["agent", "http"], ["worker", "livekit"], ["redis"]]
 """Producers of work stop before those they hand it to; Redis, which all of them use, last."""
 
 
-class DemoError(Exception):
+class DemoError(OrchestratorError):
     """The demo cannot run as configured; the message says what to change."""
 
 
@@ -124,16 +125,16 @@ class Demo:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop.set)
-        code = 0
+        code = EXIT_OK
         try:
             if not await self._until_stopped(self._start()):
-                return 0
+                return EXIT_OK
             self._write_state()
             self._banner()
             await self._until_stopped(self._feed_and_watch())
         except ProcessExited as exc:
             self.out.error(str(exc))
-            code = 1
+            code = EXIT_FAILED
         finally:
             self._line("")
             self.out.line("stopping everything the demo started ...")
@@ -234,7 +235,7 @@ class Demo:
     async def _worker_ready(self) -> bool:
         redis = await open_redis(self.redis_url, timeout_s=1)
         try:
-            return bool(await redis.exists(HEALTH_CHECK_KEY))
+            return bool(await redis.exists(keys.WORKER_HEALTH_CHECK))
         finally:
             await redis.aclose()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from orchestrator.cli.exits import EXIT_NOT_FOUND, EXIT_OK
+from orchestrator.cli.exits import EXIT_FAILED, EXIT_OK
 from orchestrator.cli.output import Output
 from orchestrator.doctor import Check, run_checks
 from orchestrator.errors import ConfigError
@@ -47,4 +47,4 @@ def run_doctor(args: argparse.Namespace, out: Output, client: ClientSettings) ->
         out.json({"ok": not failed, "checks": [c.as_dict() for c in checks]})
     else:
         render(out, checks)
-    return EXIT_NOT_FOUND if failed else EXIT_OK
+    return EXIT_FAILED if failed else EXIT_OK

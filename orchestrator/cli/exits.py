@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from orchestrator.errors import OrchestratorError
+
 EXIT_OK = 0
-EXIT_NOT_FOUND = 1
-"""Not found, or a doctor check failed."""
+EXIT_FAILED = 1
+"""Not found, a doctor check failed, or a process the demo runs exited."""
 EXIT_USAGE = 2
 """Wrong usage or settings, or a service that cannot be reached."""
 
 
-class UsageError(Exception):
+class UsageError(OrchestratorError):
     """The command line was wrong; the message says which option and what it takes."""

@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TextIO
 
 _CODES = {
@@ -109,10 +109,6 @@ def clock(ms: int | None) -> str:
     if not ms:
         return ""
     return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def iso(ms: int | None) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat() if ms else ""
 
 
 def duration(seconds: float | None) -> str:

@@ -18,11 +18,12 @@ from arq import ArqRedis
 from pydantic import ValidationError
 
 from orchestrator import dead_letters, queries
-from orchestrator.cli.exits import EXIT_NOT_FOUND, EXIT_OK, UsageError
+from orchestrator.cli.exits import EXIT_FAILED, EXIT_OK, UsageError
 from orchestrator.cli.output import Output, age_of, clock, duration
 from tasks import keys
 from tasks.models import DispatchRequest, EndSessionRequest, session_id_for
 from tasks.producer import enqueue_dispatch, enqueue_end_session
+from tasks.validation import dotted, problems
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -65,11 +66,7 @@ def _pydantic_problems(
     """Every problem, each named by the option that set the field (of `options`), else by
     the field."""
     named = {field: flag for field, flag in _OPTIONS.items() if field in options}
-    return "; ".join(
-        f"{named.get(str(e['loc'][0]), '.'.join(map(str, e['loc']))) if e['loc'] else what}: "
-        f"{e['msg']}"
-        for e in exc.errors(include_input=False, include_url=False)
-    )
+    return problems(exc, where=lambda loc: named.get(str(loc[0])) or dotted(loc), whole=what)
 
 
 def _json_object(option: str, text: str) -> dict[str, Any]:
@@ -232,7 +229,7 @@ async def cmd_session(args: argparse.Namespace, out: Output, redis: ArqRedis) ->
             out.json(None)
         else:
             out.error(f"no {what} (sessions are kept for LKD_SESSION_RETENTION_S)")
-        return EXIT_NOT_FOUND
+        return EXIT_FAILED
     if out.json_mode:
         out.json(session)
     else:
@@ -287,7 +284,7 @@ async def cmd_dead_letters(args: argparse.Namespace, out: Output, redis: ArqRedi
             job_id = await dead_letters.replay(redis, args.entry_id)
         except dead_letters.ReplayError as exc:
             out.error(str(exc))
-            return EXIT_NOT_FOUND
+            return EXIT_FAILED
         if out.json_mode:
             out.json({"entry_id": args.entry_id, "job_id": job_id})
         else:

@@ -10,6 +10,7 @@ from typing import Any
 
 from arq import ArqRedis
 
+from orchestrator.cli.exits import EXIT_OK
 from orchestrator.cli.output import Output, duration
 from tasks import keys
 from tasks.models import SessionReport
@@ -45,7 +46,7 @@ async def cmd_results(args: argparse.Namespace, out: Output, redis: ArqRedis) ->
                 print_entry(out, entry)
                 await consumer.ack(entry.entry_id)
             if not entries and not args.follow:
-                return 0
+                return EXIT_OK
 
     entries = list(reversed(await recent_results(redis, count=args.count)))
     for entry in entries:
@@ -53,7 +54,7 @@ async def cmd_results(args: argparse.Namespace, out: Output, redis: ArqRedis) ->
     if not args.follow:
         if not entries and not out.json_mode:
             out.line("no reports yet")
-        return 0
+        return EXIT_OK
     last_id = entries[-1].entry_id if entries else "$"
     if last_id == "$":
         # "$" would skip a report filed between our read and the first block.

@@ -13,10 +13,6 @@ from orchestrator.settings import Settings
 from orchestrator.state import SessionStore
 from tasks import keys
 
-WORKER_HEALTH_KEY = keys.QUEUE_NAME + ":health-check"
-"""arq's health-check key: every orchestrator worker refreshes it (10 s) with an 11 s expiry,
-and deletes it when it stops."""
-
 
 @dataclass
 class Service:
@@ -31,7 +27,7 @@ class Service:
 
     async def worker_check(self) -> tuple[bool, str]:
         """Whether an orchestrator worker checked in within worker_heartbeat_max_age_s."""
-        info = await self.redis.get(WORKER_HEALTH_KEY)
+        info = await self.redis.get(keys.WORKER_HEALTH_CHECK)
         now = time.monotonic()
         if info is not None:
             self.worker_seen_at = now
@@ -41,7 +37,7 @@ class Service:
             ago = now - self.worker_seen_at
             return True, f"last worker check-in seen {ago:.0f} s ago"
         return False, (
-            f"no orchestrator worker has checked in (arq key {WORKER_HEALTH_KEY} absent) "
+            f"no orchestrator worker has checked in (arq key {keys.WORKER_HEALTH_CHECK} absent) "
             f"within {max_age:g} s: is `arq orchestrator.WorkerSettings` running against "
             "this REDIS_URL?"
         )

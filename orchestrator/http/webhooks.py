@@ -35,10 +35,11 @@ _ENDS = {
 
 
 def is_session_agent(session: dict[str, str], participant: models.ParticipantInfo) -> bool:
-    """Whether `participant` is the session's agent: the identity LiveKit agents take for
-    the session's job (`agent-<job id>`), or an agent participant that is not another job's."""
+    """Whether `participant` is the session's agent: the identity our agent takes
+    (`agent-<session id>`, agent/admission.py), the one LiveKit gives an agent that names none
+    (`agent-<job id>`), or an agent participant that is not another job's."""
     job_id = session.get("job_id")
-    if job_id and participant.identity == f"agent-{job_id}":
+    if participant.identity in (f"agent-{session.get('session_id')}", f"agent-{job_id}"):
         return True
     if participant.kind != AGENT:
         return False

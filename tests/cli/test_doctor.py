@@ -18,7 +18,6 @@ from redis.asyncio import Redis
 
 from livekit_sim import LiveKitSim
 from orchestrator.doctor import (
-    HEALTH_CHECK_KEY,
     Check,
     LiveKitClock,
     run_checks,
@@ -68,7 +67,7 @@ async def test_all_green_with_workers_running(
     settings = make_settings(aof_redis, sim)
     await run_worker(settings)
     probe = Redis.from_url(aof_redis.url)
-    await eventually(lambda: probe.exists(HEALTH_CHECK_KEY), what="worker health check")
+    await eventually(lambda: probe.exists(keys.WORKER_HEALTH_CHECK), what="worker health check")
 
     ran = await cli("doctor", REDIS_URL=aof_redis.url)
 

@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from orchestrator import metrics, metrics_store
 from orchestrator.http import serve
 from orchestrator.settings import Settings
-from tasks import enqueue_session_report
+from tasks import enqueue_session_report, keys
 from tests.http.test_api import call, session_in
 from tests.orchestrator.conftest import RunWorker
 from tests.orchestrator.test_sessions import agent_report
@@ -115,7 +115,7 @@ async def test_metrics_show_what_the_workers_did(
 
 async def test_counts_survive_a_failed_flush(redis: Redis) -> None:
     metrics_store.take_delta()  # whatever earlier tests counted is not this test's
-    await redis.delete(metrics_store.METRICS_KEY)
+    await redis.delete(keys.METRICS)
     unreachable = Redis(host="127.0.0.1", port=1)
     metrics.REJECTED_JOBS.inc(3)
     try:

@@ -64,6 +64,14 @@ def test_call_token_is_the_jwt_livekit_api_signs() -> None:
     assert verified.video.room == "r1"
 
 
+def test_a_callers_grant_overrides_the_default_as_in_video_grants() -> None:
+    header = ApiTokenSigner(API_KEY, API_SECRET).authorization(room="r1", canPublish=False)
+    verified = api.TokenVerifier(API_KEY, API_SECRET).verify(header.split(" ")[1])
+    assert verified.video is not None
+    assert verified.video.can_publish is False
+    assert verified.video.can_subscribe is True
+
+
 async def test_sequential_and_concurrent_calls_each_get_their_answer(sim: LiveKitSim) -> None:
     client = client_for(sim.url)
     try:
@@ -81,7 +89,7 @@ async def test_sequential_and_concurrent_calls_each_get_their_answer(sim: LiveKi
 async def test_wrong_secret_is_a_401_that_names_the_credentials(sim: LiveKitSim) -> None:
     client = client_for(sim.url)
     try:
-        with pytest.raises(api.TwirpError) as raised:
+        with pytest.raises(api.ServerError) as raised:
             await create(client, "room-1", secret="not-the-secret-at-all-but-long-enough")
         error = classify(raised.value, "CreateDispatch")
     finally:
@@ -97,7 +105,7 @@ async def test_twirp_error_answer_keeps_its_code_and_message(sim: LiveKitSim) ->
     signer = ApiTokenSigner(API_KEY, API_SECRET)
     try:
         await create(client, "room-1")
-        with pytest.raises(api.TwirpError) as raised:
+        with pytest.raises(api.ServerError) as raised:
             await client.call(
                 "AgentDispatchService",
                 "DeleteDispatch",

@@ -61,7 +61,7 @@ async def test_error_rate_answers_with_the_chosen_code(
     sim: LiveKitSim, lkapi: api.LiveKitAPI
 ) -> None:
     sim.faults.set(CREATE, error_rate=1.0, error_code="resource_exhausted", error_msg="slow down")
-    with pytest.raises(api.TwirpError) as err:
+    with pytest.raises(api.ServerError) as err:
         await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(room="f2"))
     assert (err.value.code, err.value.status, err.value.message) == (
         "resource_exhausted",
@@ -83,7 +83,7 @@ async def test_partial_error_rate(sim: LiveKitSim, lkapi: api.LiveKitAPI) -> Non
         try:
             await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(room=f"p{i}"))
             outcomes.append("ok")
-        except api.TwirpError as exc:
+        except api.ServerError as exc:
             outcomes.append(f"{exc.code} {exc.status}")
     assert 5 < outcomes.count("unavailable 503") < 35
     assert set(outcomes) == {"ok", "unavailable 503"}
@@ -103,7 +103,7 @@ async def test_faults_over_http(sim: LiveKitSim, lkapi: api.LiveKitAPI) -> None:
         rule = {"error_rate": 1.0, "error_code": "internal", "error_msg": "boom"}
         async with http.post("/_sim/faults", json={"twirp": {CREATE: rule}}) as resp:
             assert resp.status == 200
-        with pytest.raises(api.TwirpError) as err:
+        with pytest.raises(api.ServerError) as err:
             await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(room="f4"))
         assert (err.value.code, err.value.status) == ("internal", 500)
         async with http.post("/_sim/faults", json={"twirp": {CREATE: {"nope": 1}}}) as resp:
@@ -123,7 +123,7 @@ async def test_lost_answer_takes_effect_but_answers_an_error(
 ) -> None:
     worker = await start_worker("lost")
     sim.faults.set(CREATE, lost_answer_rate=1.0, error_code="unavailable", error_msg="gone")
-    with pytest.raises(api.TwirpError) as err:
+    with pytest.raises(api.ServerError) as err:
         await lkapi.agent_dispatch.create_dispatch(
             api.CreateAgentDispatchRequest(room="f5", agent_name="lost")
         )
@@ -205,7 +205,7 @@ async def test_every_fault_is_counted_by_kind(
     sim.workers.availability_timeout_s = 0.1
     worker = await start_worker("c")
     sim.faults.set(CREATE, error_rate=1.0)
-    with pytest.raises(api.TwirpError):
+    with pytest.raises(api.ServerError):
         await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(room="c"))
     sim.faults.set(CREATE, drop_rate=1.0)
     with pytest.raises(aiohttp.ClientError):
@@ -240,7 +240,7 @@ async def test_a_seed_makes_fault_decisions_repeatable() -> None:
             sim.faults.unoffered_rate = 0.5
             async with api.LiveKitAPI(sim.url, API_KEY, API_SECRET) as lk:
                 for i in range(30):
-                    with contextlib.suppress(api.TwirpError, aiohttp.ClientError):
+                    with contextlib.suppress(api.ServerError, aiohttp.ClientError):
                         await lk.agent_dispatch.create_dispatch(
                             api.CreateAgentDispatchRequest(room=f"s{i}", agent_name="x")
                         )
@@ -277,7 +277,7 @@ async def test_new_switches_over_http(sim: LiveKitSim, lkapi: api.LiveKitAPI) ->
     assert sim.faults.for_endpoint(CREATE) == TwirpFault(**rule)  # the bad posts changed nothing
     expected = random.Random(9).random()
     assert sim.faults.rng.random() == expected
-    with pytest.raises(api.TwirpError):
+    with pytest.raises(api.ServerError):
         await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(room="h"))
     assert [c.code for c in sim.calls_to(CREATE)] == ["lost_answer"]
 

@@ -29,7 +29,7 @@ def admin_token(room: str, *, key: str = API_KEY, secret: str = API_SECRET) -> s
 
 async def test_token_for_another_room_is_unauthenticated(sim: LiveKitSim) -> None:
     async with api.LiveKitAPI(sim.url, token=admin_token("room-a")) as lk:
-        with pytest.raises(api.TwirpError) as err:
+        with pytest.raises(api.ServerError) as err:
             await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(room="room-b"))
     assert (err.value.code, err.value.status, err.value.message) == (
         "unauthenticated",
@@ -57,7 +57,7 @@ async def test_room_admin_grant_does_not_allow_room_create_or_list(
         "list_rooms": lambda lk: lk.room.list_rooms(api.ListRoomsRequest()),
     }
     async with api.LiveKitAPI(sim.url, token=admin_token("room-a")) as lk:
-        with pytest.raises(api.TwirpError) as err:
+        with pytest.raises(api.ServerError) as err:
             await calls[call](lk)
     assert (err.value.code, err.value.status, err.value.message) == (
         "unauthenticated",
@@ -69,7 +69,7 @@ async def test_room_admin_grant_does_not_allow_room_create_or_list(
 async def test_room_create_grant_does_not_allow_dispatch(sim: LiveKitSim) -> None:
     token = api.AccessToken(API_KEY, API_SECRET).with_grants(api.VideoGrants(room_create=True))
     async with api.LiveKitAPI(sim.url, token=token.to_jwt()) as lk:
-        with pytest.raises(api.TwirpError) as err:
+        with pytest.raises(api.ServerError) as err:
             await lk.agent_dispatch.list_dispatch("room-a")
     assert (err.value.code, err.value.status) == ("unauthenticated", 401)
 
@@ -82,7 +82,7 @@ async def test_bad_signature_or_unknown_key_is_a_plain_401(
     sim: LiveKitSim, key: str, secret: str
 ) -> None:
     async with api.LiveKitAPI(sim.url, key, secret) as lk:
-        with pytest.raises(api.TwirpError) as err:
+        with pytest.raises(api.ServerError) as err:
             await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(room="room-a"))
     assert (err.value.code, err.value.status, err.value.message) == ("unknown", 401, "")
     assert [c.code for c in sim.calls] == ["http_401"]
@@ -181,7 +181,7 @@ async def test_expired_token_is_a_plain_401(sim: LiveKitSim) -> None:
         .with_ttl(timedelta(minutes=-2))
     )
     async with api.LiveKitAPI(sim.url, token=token.to_jwt()) as lk:
-        with pytest.raises(api.TwirpError) as err:
+        with pytest.raises(api.ServerError) as err:
             await lk.agent_dispatch.list_dispatch("room-a")
     assert (err.value.code, err.value.status) == ("unknown", 401)
 
@@ -194,7 +194,7 @@ async def test_unsigned_token_is_a_plain_401(sim: LiveKitSim) -> None:
     }
     unsigned = jwt.encode(claims, None, algorithm="none")
     async with api.LiveKitAPI(sim.url, token=unsigned) as lk:
-        with pytest.raises(api.TwirpError) as err:
+        with pytest.raises(api.ServerError) as err:
             await lk.agent_dispatch.list_dispatch("room-a")
     assert (err.value.code, err.value.status) == ("unknown", 401)
     assert "room-a" not in sim.rooms

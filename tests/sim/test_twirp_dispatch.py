@@ -86,7 +86,7 @@ async def test_delete_dispatch_removes_it(lkapi: api.LiveKitAPI) -> None:
 
 async def test_delete_unknown_dispatch_is_not_found(lkapi: api.LiveKitAPI) -> None:
     await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(room="call-6"))
-    with pytest.raises(api.TwirpError) as err:
+    with pytest.raises(api.ServerError) as err:
         await lkapi.agent_dispatch.delete_dispatch("AD_doesnotexist", "call-6")
     assert (err.value.code, err.value.status, err.value.message) == (
         "not_found",
@@ -104,7 +104,7 @@ async def test_dispatch_calls_on_a_room_not_running_are_unavailable(
         "list": lambda: lkapi.agent_dispatch.list_dispatch("no-such-room"),
         "delete": lambda: lkapi.agent_dispatch.delete_dispatch("AD_doesnotexist", "no-such-room"),
     }
-    with pytest.raises(api.TwirpError) as err:
+    with pytest.raises(api.ServerError) as err:
         await calls[call]()
     assert (err.value.code, err.value.status, err.value.message) == (
         "unavailable",
@@ -121,7 +121,7 @@ async def test_metadata_over_512_kib_is_rejected(lkapi: api.LiveKitAPI) -> None:
         api.CreateAgentDispatchRequest(room="call-7", metadata="x" * limit)
     )
     assert len(ok.metadata) == limit
-    with pytest.raises(api.TwirpError) as err:
+    with pytest.raises(api.ServerError) as err:
         await lkapi.agent_dispatch.create_dispatch(
             api.CreateAgentDispatchRequest(room="call-7", metadata="x" * (limit + 1))
         )
@@ -133,7 +133,7 @@ async def test_metadata_over_512_kib_is_rejected(lkapi: api.LiveKitAPI) -> None:
 
 
 async def test_attributes_over_64_kib_are_rejected(lkapi: api.LiveKitAPI) -> None:
-    with pytest.raises(api.TwirpError) as err:
+    with pytest.raises(api.ServerError) as err:
         await lkapi.agent_dispatch.create_dispatch(
             api.CreateAgentDispatchRequest(room="call-8", attributes={"k": "v" * 64 * 1024})
         )
@@ -151,7 +151,7 @@ async def test_create_dispatch_accepts_a_room_name_over_256_bytes(lkapi: api.Liv
 
 
 async def test_invalid_deployment_is_rejected(lkapi: api.LiveKitAPI) -> None:
-    with pytest.raises(api.TwirpError) as err:
+    with pytest.raises(api.ServerError) as err:
         await lkapi.agent_dispatch.create_dispatch(
             api.CreateAgentDispatchRequest(room="call-9", deployment="d" * 65)
         )
