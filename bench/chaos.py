@@ -44,8 +44,8 @@ from redis.exceptions import RedisError
 from bench.chaos_figures import Figures, measure
 from bench.time_to_agent import wait_until
 from livekit_sim import LiveKitSim
-from orchestrator.cli.processes import Child, Supervisor
-from orchestrator.local_redis import LocalRedis
+from orchestrator.demo.local_redis import LocalRedis
+from orchestrator.demo.processes import Child, Supervisor
 from tasks import DispatchRequest, create_redis, enqueue_dispatch, keys
 
 API_KEY = "chaos-key"
@@ -69,7 +69,7 @@ SETTINGS = {
     "AGENT_NUM_IDLE_PROCESSES": "3",
     "AGENT_HEARTBEAT_INTERVAL_S": "1",
     "AGENT_WORKER_HEARTBEAT_INTERVAL_S": "1",
-    "AGENT_SESSION_HANDLER": "orchestrator.cli.demo_handler:demo_session",
+    "AGENT_SESSION_HANDLER": "orchestrator.demo.handler:demo_session",
     "AGENT_HEALTH_HOST": "127.0.0.1",
     "AGENT_HEALTH_PORT": "0",
 }

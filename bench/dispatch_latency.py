@@ -51,7 +51,7 @@ from arq import ArqRedis
 
 from bench.noop_worker import NOOP, QUEUE
 from bench.sim_rps import API_KEY, API_SECRET, cpu_seconds, free_port, wait_ready
-from orchestrator.local_redis import LocalRedis
+from orchestrator.demo.local_redis import LocalRedis
 from orchestrator.settings import Settings
 from tasks import DispatchRequest, create_redis, enqueue_dispatch, job_deserializer, keys
 

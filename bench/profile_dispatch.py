@@ -33,21 +33,21 @@ from bench.dispatch_latency import (
     wait_for_results,
 )
 from bench.sim_rps import cpu_seconds, free_port, wait_ready
-from orchestrator.local_redis import LocalRedis
+from orchestrator.demo.local_redis import LocalRedis
 from tasks import create_redis, enqueue_dispatch
 
 # (label, frame that marks it), first match from the leaf wins; the rest is "other".
 STEPS = [
-    ("dispatch: claim (Lua)", "claim (orchestrator/state.py"),
+    ("dispatch: claim (Lua)", "claim (orchestrator/store/sessions.py"),
     ("dispatch: CreateDispatch (HTTP)", "create_dispatch (orchestrator/"),
-    ("dispatch: Redis scripts (pipelined)", "orchestrator/script_pipe.py"),
-    ("dispatch: mark_dispatched (Lua)", "mark_dispatched (orchestrator/state.py"),
+    ("dispatch: Redis scripts (pipelined)", "orchestrator/store/script_pipe.py"),
+    ("dispatch: mark_dispatched (Lua)", "mark_dispatched (orchestrator/store/sessions.py"),
     ("dispatch: logging (structlog)", "structlog/"),
     ("dispatch: DispatchRequest validation", "model_validate ("),
     ("dispatch: JobMetadata.to_json", "to_json (tasks/models.py"),
     ("dispatch: prometheus metrics", "prometheus_client/"),
-    ("dispatch: rest", "dispatch_agent (orchestrator/dispatch.py"),
-    ("reconcile cron", "reconcile_sessions (orchestrator/reconcile.py"),
+    ("dispatch: rest", "dispatch_agent (orchestrator/jobs/dispatch.py"),
+    ("reconcile cron", "reconcile_sessions (orchestrator/jobs/reconcile.py"),
     ("arq: start_jobs (WATCH/EXISTS/ZSCORE/MULTI)", "start_jobs (arq/worker.py"),
     ("arq: run_job (GET job, retries, timeout)", "run_job (arq/worker.py"),
     # Shielded, so in a task of its own: not under run_job's frames.

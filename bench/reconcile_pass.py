@@ -13,12 +13,12 @@ import time
 
 import uvloop
 
-from orchestrator import reconcile
-from orchestrator.context import CTX_KEY, Context
-from orchestrator.livekit_gateway import LiveKitGateway
-from orchestrator.local_redis import LocalRedis
+from orchestrator.demo.local_redis import LocalRedis
+from orchestrator.gateway import LiveKitGateway
+from orchestrator.jobs import reconcile
+from orchestrator.jobs.context import CTX_KEY, Context
 from orchestrator.settings import Settings
-from orchestrator.state import Lease, SessionStore
+from orchestrator.store.sessions import Lease, SessionStore
 from tasks import create_redis
 
 BATCH = 200

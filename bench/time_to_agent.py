@@ -36,7 +36,7 @@ from livekit.protocol import models
 from bench.dispatch_latency import Procs, arq_command
 from livekit_sim import LiveKitSim
 from livekit_sim.rooms import SimRoom
-from orchestrator.local_redis import LocalRedis
+from orchestrator.demo.local_redis import LocalRedis
 from tasks import DispatchRequest, create_redis, enqueue_dispatch, recent_results, session_id_for
 from tests.media.netns import ADDR_ENV, UNAVAILABLE_ENV
 

@@ -22,12 +22,12 @@ import aiohttp
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from orchestrator.cli.connect import safe_url
 from orchestrator.errors import LiveKitError
-from orchestrator.livekit_gateway import LiveKitGateway
+from orchestrator.gateway import LiveKitGateway
 from orchestrator.settings import Settings
 from tasks import keys
 from tasks.models import JobMetadata
+from tasks.redaction import safe_url
 
 Status = Literal["ok", "warn", "fail", "skip"]
 

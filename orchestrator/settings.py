@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     @property
     def session_check_every_s(self) -> float:
         """Longest time reconciliation leaves a live session unvisited: no rule of it applies
-        sooner than this after the event it waits for (reconcile.py)."""
+        sooner than this after the event it waits for (jobs/reconcile.py)."""
         return min(self.report_grace_s, self.claim_stale_s)
 
     @field_validator("agent_name")

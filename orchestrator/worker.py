@@ -11,25 +11,27 @@ import uvloop
 from arq import cron
 from arq.worker import func
 
-from orchestrator import logs, metrics_store
-from orchestrator.assignment import confirm_assignment
-from orchestrator.connections import (
+from orchestrator import logs
+from orchestrator.errors import ConfigError, LiveKitError
+from orchestrator.gateway import LiveKitGateway
+from orchestrator.jobs.assignment import confirm_assignment
+from orchestrator.jobs.context import CTX_KEY, Context
+from orchestrator.jobs.dispatch import dispatch_agent
+from orchestrator.jobs.end_session import end_session
+from orchestrator.jobs.reconcile import reconcile_sessions
+from orchestrator.jobs.rejections import reject_malformed_job
+from orchestrator.jobs.reports import session_report
+from orchestrator.jobs.retries import TRIES_HEADROOM, as_arq_job
+from orchestrator.metrics import shared
+from orchestrator.settings import Settings, load_settings
+from orchestrator.store.connections import (
     OUTAGE,
     create_jobs_redis,
     record_outage,
     worker_pool,
     worker_redis_settings,
 )
-from orchestrator.context import CTX_KEY, Context
-from orchestrator.dispatch import dispatch_agent
-from orchestrator.errors import ConfigError, LiveKitError
-from orchestrator.livekit_gateway import LiveKitGateway
-from orchestrator.reconcile import reconcile_sessions
-from orchestrator.rejections import reject_malformed_job
-from orchestrator.retries import TRIES_HEADROOM, as_arq_job
-from orchestrator.sessions import end_session, session_report
-from orchestrator.settings import Settings, load_settings
-from orchestrator.state import SessionStore
+from orchestrator.store.sessions import SessionStore
 from tasks import keys
 from tasks.serialization import deserialize, serialize
 
@@ -48,7 +50,7 @@ def _startup(settings: Settings) -> Any:
             await gateway.aclose()
             raise ConfigError(f"cannot start: {exc}") from None
         # The jobs' own connection fails fast on an outage (they are deferred, see
-        # orchestrator.retries); arq's, in ctx["redis"], rides it out.
+        # orchestrator.jobs.retries); arq's, in ctx["redis"], rides it out.
         redis = await create_jobs_redis(settings.redis_url)
         OUTAGE.on_end = partial(record_outage, redis)
         store = SessionStore(
@@ -59,9 +61,7 @@ def _startup(settings: Settings) -> Any:
             first_check_s=settings.session_check_every_s,
         )
         ctx[CTX_KEY] = Context(settings=settings, redis=redis, store=store, livekit=gateway)
-        ctx[FLUSHER_KEY] = metrics_store.Flusher(
-            ctx["redis"], settings.metrics_flush_interval_s
-        ).start()
+        ctx[FLUSHER_KEY] = shared.Flusher(ctx["redis"], settings.metrics_flush_interval_s).start()
         log.info(
             "orchestrator worker started",
             livekit_url=settings.livekit_url,
@@ -72,7 +72,7 @@ def _startup(settings: Settings) -> Any:
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:
-    flusher: metrics_store.Flusher | None = ctx.get(FLUSHER_KEY)
+    flusher: shared.Flusher | None = ctx.get(FLUSHER_KEY)
     if flusher is not None:
         await flusher.stop()
     context: Context | None = ctx.get(CTX_KEY)

@@ -1,6 +1,6 @@
 """The one redaction step every part's logs go through: job metadata (it may carry personal
 data), tokens and secrets never reach a log line. Also the one place that takes the command
-out of a Redis error's text."""
+out of a Redis error's text, and the password out of a Redis URL."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import functools
 import re
 from collections.abc import MutableMapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 REDACTED = "[redacted]"
 _SECRET_KEYS = re.compile(
@@ -40,3 +41,17 @@ def redis_error_text(exc: BaseException) -> str:
     pipeline command with its arguments (a job, with its metadata), and the text reaches
     logs, HTTP answers and producers' exceptions."""
     return _PIPELINE_COMMAND.sub(r"Command # \1 of pipeline caused error: ", str(exc))
+
+
+def safe_url(url: str) -> str:
+    """`url` with any password replaced by `***`, fit for logs and messages."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:  # not even a URL: show none of it, it may hold a password
+        return "(not a URL)"
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

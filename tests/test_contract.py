@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from orchestrator.local_redis import LocalRedis
+from orchestrator.demo.local_redis import LocalRedis
 from tasks import (
     QUEUE_NAME,
     DispatchRequest,

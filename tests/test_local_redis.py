@@ -4,7 +4,7 @@ import subprocess
 
 from redis.asyncio import Redis
 
-from orchestrator.local_redis import LocalRedis
+from orchestrator.demo.local_redis import LocalRedis
 
 
 async def test_session_server_is_a_real_redis(redis: Redis) -> None:

@@ -21,8 +21,8 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from orchestrator.cli.processes import Supervisor
-from orchestrator.local_redis import LocalRedis, free_port
+from orchestrator.demo.local_redis import LocalRedis, free_port
+from orchestrator.demo.processes import Supervisor
 from orchestrator.settings import child_environment
 from tasks import DispatchRequest, create_redis, enqueue_dispatch, keys, session_id_for
 from tests.cli.conftest import REPO, run_cli
@@ -84,7 +84,7 @@ async def flow(redis_server: LocalRedis, redis: Redis, tmp_path: Path) -> AsyncI
         "LKD_HTTP_PORT": str(http_port),
         "LKD_ASSIGNMENT_CHECK_DELAY_S": "0.5",
         "LKD_RECONCILE_INTERVAL_S": "2",
-        "AGENT_SESSION_HANDLER": "orchestrator.cli.demo_handler:demo_session",
+        "AGENT_SESSION_HANDLER": "orchestrator.demo.handler:demo_session",
         "AGENT_HEALTH_HOST": "127.0.0.1",
         "AGENT_HEALTH_PORT": "0",
         "AGENT_NUM_IDLE_PROCESSES": "1",

@@ -149,21 +149,21 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_doctor(args, out, client)
     if args.command == "demo":
-        from orchestrator.cli.demo import run_demo
+        from orchestrator.demo.run import run_demo
 
         return run_demo(args, out, client)
     return _run_redis_command(args, out, client.redis_url)
 
 
 def _command(name: str) -> Command:
-    from orchestrator.cli import queue_commands, results
+    from orchestrator.cli import dead_letters, results, sessions
 
     table: dict[str, Command] = {
-        "dispatch": queue_commands.cmd_dispatch,
-        "end": queue_commands.cmd_end,
-        "session": queue_commands.cmd_session,
-        "sessions": queue_commands.cmd_sessions,
-        "dead-letters": queue_commands.cmd_dead_letters,
+        "dispatch": sessions.cmd_dispatch,
+        "end": sessions.cmd_end,
+        "session": sessions.cmd_session,
+        "sessions": sessions.cmd_sessions,
+        "dead-letters": dead_letters.cmd_dead_letters,
         "results": results.cmd_results,
     }
     return table[name]

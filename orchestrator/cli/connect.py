@@ -4,32 +4,18 @@ it looked (without the password)."""
 from __future__ import annotations
 
 import dataclasses
-from urllib.parse import urlsplit, urlunsplit
 
 from arq import ArqRedis, create_pool
 from redis.exceptions import RedisError
 
 from orchestrator.errors import OrchestratorError
 from tasks.connection import redis_settings
+from tasks.redaction import safe_url
 from tasks.serialization import deserialize, serialize
 
 
 class RedisUnreachable(OrchestratorError):
     """Redis could not be reached; the message names the URL (password hidden) and REDIS_URL."""
-
-
-def safe_url(url: str) -> str:
-    """`url` with any password replaced by `***`, fit for logs and messages."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-    except ValueError:  # not even a URL: show none of it, it may hold a password
-        return "(not a URL)"
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 async def open_redis(url: str, *, timeout_s: float = 3.0) -> ArqRedis:

@@ -10,11 +10,12 @@ import signal
 
 from redis.exceptions import RedisError
 
-from orchestrator.cli.connect import RedisUnreachable, open_redis, safe_url
+from orchestrator.cli.connect import RedisUnreachable, open_redis
 from orchestrator.cli.exits import EXIT_OK, EXIT_USAGE
 from orchestrator.cli.output import Output
 from orchestrator.errors import ConfigError
 from orchestrator.settings import Settings, load_settings
+from tasks.redaction import safe_url
 
 
 def run_serve(args: argparse.Namespace, out: Output) -> int:

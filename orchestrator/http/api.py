@@ -8,7 +8,6 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from orchestrator import dead_letters, queries
 from orchestrator.http.errors import ApiError, invalid, not_found
 from orchestrator.http.schemas import (
     CountQuery,
@@ -28,7 +27,8 @@ from orchestrator.http.schemas import (
 )
 from orchestrator.http.service import of
 from orchestrator.http.spec import Route
-from orchestrator.state import TERMINAL
+from orchestrator.store import dead_letters, queries
+from orchestrator.store.record import TERMINAL
 from tasks import (
     DispatchRequest,
     EndSessionRequest,

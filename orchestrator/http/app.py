@@ -18,7 +18,7 @@ from orchestrator.http.errors import ApiError, Handler, error_middleware
 from orchestrator.http.service import SERVICE, Service
 from orchestrator.http.spec import Route, openapi
 from orchestrator.settings import Settings
-from orchestrator.state import SessionStore
+from orchestrator.store.sessions import SessionStore
 from tasks import create_redis
 
 log = structlog.get_logger("orchestrator.http")

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from orchestrator import queries
 from orchestrator.http.api import dead_letter_page, parse_query, reply, results_page
 from orchestrator.http.schemas import DispatchPoint, Overview, OverviewQuery, SessionView
 from orchestrator.http.service import of
 from orchestrator.http.spec import Route
+from orchestrator.store import queries
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_LIVE_SHOWN = 200

@@ -1,7 +1,7 @@
 """Health, readiness and Prometheus metrics of the whole system.
 
 /metrics shows the workers' counters and histograms as summed in Redis by every worker
-(`orchestrator.metrics_store`), gauges computed from Redis at scrape time (live sessions by
+(`orchestrator.metrics.shared`), gauges computed from Redis at scrape time (live sessions by
 state, queue depth, dead letters, workers up), and this HTTP process's own counters.
 Scrape one replica of the HTTP service for the cluster-wide figures.
 """
@@ -16,10 +16,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from redis.exceptions import RedisError
 
-from orchestrator import metrics_store, queries
 from orchestrator.http.schemas import Check, Health
 from orchestrator.http.service import Service, of
 from orchestrator.http.spec import Route
+from orchestrator.metrics import shared
+from orchestrator.store import queries
 from tasks import keys
 
 LOCAL = CollectorRegistry(auto_describe=True)
@@ -110,9 +111,9 @@ async def _gauges(svc: Service) -> list[Metric]:
 
 async def prometheus(request: web.Request) -> web.Response:
     svc = of(request)
-    shared = list(metrics_store.families(await metrics_store.read(svc.redis)))
+    summed = list(shared.families(await shared.read(svc.redis)))
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(metrics_store.StaticCollector(shared + await _gauges(svc)))
+    registry.register(shared.StaticCollector(summed + await _gauges(svc)))
     text = generate_latest(registry) + generate_latest(LOCAL)
     return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

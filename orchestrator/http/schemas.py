@@ -9,7 +9,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from orchestrator.queries import SESSION_STATUSES
+from orchestrator.store.queries import SESSION_STATUSES
 from tasks.models import SessionReport
 
 SessionState = Literal["claimed", "dispatched", "assigned", "ending", "completed", "failed", "lost"]

@@ -10,7 +10,7 @@ from arq import ArqRedis
 from livekit import api
 
 from orchestrator.settings import Settings
-from orchestrator.state import SessionStore
+from orchestrator.store.sessions import SessionStore
 from tasks import keys
 
 

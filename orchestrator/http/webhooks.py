@@ -21,7 +21,8 @@ from orchestrator.http.errors import ApiError
 from orchestrator.http.observe import WEBHOOKS
 from orchestrator.http.service import Service, of
 from orchestrator.http.spec import Route
-from orchestrator.state import TERMINAL, now_ms
+from orchestrator.store.record import TERMINAL
+from orchestrator.store.sessions import now_ms
 from tasks import EndSessionRequest, enqueue_end_session
 
 log = structlog.get_logger("orchestrator.webhooks")

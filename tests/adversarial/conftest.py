@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from orchestrator.cli.processes import Supervisor
-from orchestrator.local_redis import LocalRedis, free_port
+from orchestrator.demo.local_redis import LocalRedis, free_port
+from orchestrator.demo.processes import Supervisor
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "doors-key"

@@ -30,9 +30,9 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from livekit_sim.webhooks import sign_body
-from orchestrator import dead_letters
 from orchestrator.http.app import TITLE, VERSION, routes
 from orchestrator.http.spec import openapi
+from orchestrator.store import dead_letters
 from tasks import DispatchRequest, create_redis, enqueue_dispatch, keys
 from tests.adversarial.conftest import API_KEY, API_SECRET, API_TOKEN, PHONE, REPO, Doors
 

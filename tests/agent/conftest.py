@@ -17,7 +17,7 @@ from livekit import api
 from redis.asyncio import Redis
 
 from livekit_sim import LiveKitSim
-from orchestrator.local_redis import LocalRedis
+from orchestrator.demo.local_redis import LocalRedis
 from tasks.models import JobMetadata, session_id_for
 from tests.agent.worker_process import AgentWorker
 

@@ -22,7 +22,7 @@ from arq import ArqRedis
 from arq.worker import Worker
 
 from livekit_sim import LiveKitSim
-from orchestrator.local_redis import LocalRedis
+from orchestrator.demo.local_redis import LocalRedis
 from tasks import (
     DispatchRequest,
     EndSessionRequest,

@@ -29,7 +29,7 @@ from agent.report import ReportWriter, build_report
 from agent.session import describe_error
 from agent.settings import AgentSettings, load_settings
 from agent.worker_beat import WorkerBeat
-from orchestrator.local_redis import LocalRedis, free_port
+from orchestrator.demo.local_redis import LocalRedis, free_port
 from tasks.models import JobMetadata, SessionReport
 from tests.agent.reports import reports_for
 

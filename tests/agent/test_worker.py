@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from livekit_sim import LiveKitSim
 from livekit_sim.rtc import TextMessage
 from livekit_sim.workers import TARGET_LOAD
-from orchestrator.local_redis import LocalRedis
+from orchestrator.demo.local_redis import LocalRedis
 from tasks.heartbeat import worker_records
 from tasks.keys import agent_heartbeat_key
 from tasks.models import JobMetadata

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.local_redis import free_port
+from orchestrator.demo.local_redis import free_port
 from tests.cli.conftest import Cli
 
 DEEP = "[" * 10_000 + "]" * 10_000

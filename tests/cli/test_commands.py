@@ -14,7 +14,7 @@ from arq import ArqRedis
 from arq.worker import Worker
 
 from livekit_sim import LiveKitSim
-from orchestrator.local_redis import free_port
+from orchestrator.demo.local_redis import free_port
 from orchestrator.settings import Settings
 from tasks import SessionReport, enqueue_session_report, session_id_for
 from tasks.results import ResultsConsumer

@@ -17,6 +17,7 @@ from arq import ArqRedis
 from redis.asyncio import Redis
 
 from livekit_sim import LiveKitSim
+from orchestrator.demo.local_redis import LocalRedis, free_port
 from orchestrator.doctor import (
     Check,
     LiveKitClock,
@@ -24,7 +25,6 @@ from orchestrator.doctor import (
     skew_check,
     worker_checks,
 )
-from orchestrator.local_redis import LocalRedis, free_port
 from orchestrator.settings import Settings
 from tasks import keys
 from tests.cli.conftest import REPO, Cli, cli_env

@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 
 from livekit_sim import LiveKitSim
+from orchestrator.demo.local_redis import LocalRedis
 from orchestrator.http import create_app
-from orchestrator.local_redis import LocalRedis
 from orchestrator.settings import Settings
 from tests.orchestrator.conftest import (  # noqa: F401  (fixtures)
     API_KEY,

@@ -12,9 +12,9 @@ from arq.worker import Worker
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from livekit_sim import LiveKitSim
-from orchestrator import queries
 from orchestrator.http.app import routes
 from orchestrator.http.service import SERVICE
+from orchestrator.store import queries
 from tasks import DispatchRequest, EndSessionRequest, enqueue_session_report
 from tests.http.conftest import Service
 from tests.orchestrator.test_dispatch import CREATE

@@ -12,8 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from orchestrator import metrics, metrics_store
+from orchestrator import metrics
 from orchestrator.http import serve
+from orchestrator.metrics import shared
 from orchestrator.settings import Settings
 from tasks import enqueue_session_report, keys
 from tests.http.test_api import call, session_in
@@ -114,21 +115,21 @@ async def test_metrics_show_what_the_workers_did(
 
 
 async def test_counts_survive_a_failed_flush(redis: Redis) -> None:
-    metrics_store.take_delta()  # whatever earlier tests counted is not this test's
+    shared.take_delta()  # whatever earlier tests counted is not this test's
     await redis.delete(keys.METRICS)
     unreachable = Redis(host="127.0.0.1", port=1)
     metrics.REJECTED_JOBS.inc(3)
     try:
-        await metrics_store.flush(unreachable)
+        await shared.flush(unreachable)
         raise AssertionError("flush to a closed port should fail")
     except (RedisConnectionError, OSError):
         pass
     finally:
         await unreachable.aclose()
-    assert await metrics_store.flush(redis) >= 1
-    values = await metrics_store.read(redis)
+    assert await shared.flush(redis) >= 1
+    values = await shared.read(redis)
     assert values["lkd_rejected_jobs_total[]"] == 3
-    assert await metrics_store.flush(redis) == 0  # nothing new, nothing sent
+    assert await shared.flush(redis) == 0  # nothing new, nothing sent
 
 
 async def test_serve_runs_until_cancelled(settings: Settings, arq_redis: ArqRedis) -> None:

@@ -18,8 +18,8 @@ from livekit.protocol import models, webhook
 
 from livekit_sim import LiveKitSim
 from livekit_sim.webhooks import encode_event, sign_body
+from orchestrator.demo.local_redis import LocalRedis
 from orchestrator.http.webhooks import _why_not, is_session_agent
-from orchestrator.local_redis import LocalRedis
 from orchestrator.settings import Settings
 from tasks import enqueue_session_report, recent_results
 from tests.http.conftest import API_KEY, API_SECRET, make_settings

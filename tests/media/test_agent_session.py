@@ -21,7 +21,7 @@ from livekit import api
 from livekit.protocol import models
 
 from livekit_sim import LiveKitSim
-from orchestrator.local_redis import LocalRedis
+from orchestrator.demo.local_redis import LocalRedis
 from tasks import (
     DispatchRequest,
     SessionReport,

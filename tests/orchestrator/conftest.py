@@ -18,7 +18,7 @@ from arq import ArqRedis
 from arq.worker import Worker
 
 from livekit_sim import LiveKitSim
-from orchestrator.local_redis import LocalRedis
+from orchestrator.demo.local_redis import LocalRedis
 from orchestrator.settings import Settings
 from tasks import create_redis
 from tasks.keys import ARQ_RESULT_PREFIX, QUEUE_NAME

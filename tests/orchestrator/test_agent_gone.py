@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from arq import ArqRedis
 
 from livekit_sim import LiveKitSim
-from orchestrator.local_redis import LocalRedis
-from orchestrator.state import now_ms
+from orchestrator.demo.local_redis import LocalRedis
+from orchestrator.store.sessions import now_ms
 from tasks import keys, recent_results
 from tasks.heartbeat import SessionHold, WorkerRecord, beat, beat_worker
 from tests.orchestrator.conftest import RunWorker, make_settings

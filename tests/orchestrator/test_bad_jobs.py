@@ -9,7 +9,7 @@ import time
 from arq import ArqRedis
 
 from livekit_sim import LiveKitSim
-from orchestrator import dead_letters
+from orchestrator.store import dead_letters
 from tasks import DispatchRequest, enqueue_dispatch, keys
 from tests.orchestrator.conftest import Spawn, results, worker_checked_in
 from tests.support.waiting import eventually

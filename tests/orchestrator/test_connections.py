@@ -10,8 +10,8 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
-from orchestrator.connections import Outage, worker_pool
-from orchestrator.local_redis import LocalRedis
+from orchestrator.demo.local_redis import LocalRedis
+from orchestrator.store.connections import Outage, worker_pool
 from tests.support.waiting import eventually
 
 UNREACHABLE = "Redis is unreachable; waiting for it, work resumes when it answers"

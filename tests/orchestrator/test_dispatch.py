@@ -14,10 +14,11 @@ from arq.worker import Worker
 from redis.asyncio import Redis
 
 from livekit_sim import LiveKitSim
-from orchestrator import dead_letters, dispatch
-from orchestrator.local_redis import LocalRedis
+from orchestrator.demo.local_redis import LocalRedis
+from orchestrator.jobs import dispatch
 from orchestrator.settings import Settings
-from orchestrator.state import Claim, SessionStore
+from orchestrator.store import dead_letters
+from orchestrator.store.sessions import Claim, SessionStore
 from tasks import DispatchRequest, enqueue_dispatch, recent_results, session_id_for
 from tasks.heartbeat import AgentJob, beat
 from tasks.keys import ARQ_RESULT_PREFIX, DEAD_LETTER_STREAM, QUEUE_NAME, dispatch_job_id

@@ -13,7 +13,7 @@ import pytest
 from arq import ArqRedis
 
 from livekit_sim import LiveKitSim
-from orchestrator.local_redis import LocalRedis
+from orchestrator.demo.local_redis import LocalRedis
 from tasks import DispatchRequest, create_redis, enqueue_dispatch, keys
 from tests.orchestrator.conftest import Spawn, results, worker_checked_in
 from tests.orchestrator.test_dispatch import CREATE

@@ -11,7 +11,7 @@ from typing import Any
 from arq import ArqRedis
 
 from livekit_sim import LiveKitSim
-from orchestrator.state import SessionStore
+from orchestrator.store.sessions import SessionStore
 from tasks import DispatchRequest, enqueue_dispatch
 from tests.orchestrator.conftest import Spawn, results, worker_checked_in
 from tests.orchestrator.test_dispatch import CREATE

@@ -12,13 +12,13 @@ import pytest
 from arq import ArqRedis
 
 from livekit_sim import LiveKitSim
-from orchestrator import reconcile
-from orchestrator.context import CTX_KEY, Context
-from orchestrator.livekit_gateway import LiveKitGateway
-from orchestrator.local_redis import LocalRedis
-from orchestrator.reconcile import PAGE, reconcile_sessions
+from orchestrator.demo.local_redis import LocalRedis
+from orchestrator.gateway import LiveKitGateway
+from orchestrator.jobs import reconcile
+from orchestrator.jobs.context import CTX_KEY, Context
+from orchestrator.jobs.reconcile import PAGE, reconcile_sessions
 from orchestrator.settings import Settings
-from orchestrator.state import Lease, SessionStore, now_ms
+from orchestrator.store.sessions import Lease, SessionStore, now_ms
 from tasks import keys
 from tasks.heartbeat import beat
 from tests.orchestrator.conftest import make_settings

@@ -12,11 +12,11 @@ from arq import ArqRedis
 from arq.worker import Worker
 
 from livekit_sim import LiveKitSim
-from orchestrator import dead_letters
-from orchestrator.dispatch import dispatch_agent
-from orchestrator.local_redis import LocalRedis
-from orchestrator.retries import as_arq_job
-from orchestrator.state import now_ms
+from orchestrator.demo.local_redis import LocalRedis
+from orchestrator.jobs.dispatch import dispatch_agent
+from orchestrator.jobs.retries import as_arq_job
+from orchestrator.store import dead_letters
+from orchestrator.store.sessions import now_ms
 from tasks import DispatchRequest, enqueue_dispatch, recent_results, session_id_for
 from tasks.keys import ARQ_JOB_PREFIX, ARQ_RESULT_PREFIX, QUEUE_NAME, confirm_job_id
 from tests.orchestrator.conftest import RunWorker, make_settings

@@ -17,8 +17,8 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError, ResponseError
 
-from orchestrator.local_redis import LocalRedis
-from orchestrator.script_pipe import ScriptPipe, _resp
+from orchestrator.demo.local_redis import LocalRedis
+from orchestrator.store.script_pipe import ScriptPipe, _resp
 from tests.support.waiting import eventually
 
 

@@ -9,8 +9,8 @@ from arq import ArqRedis
 from arq.worker import Worker
 
 from livekit_sim import LiveKitSim
-from orchestrator.local_redis import LocalRedis
-from orchestrator.state import Lease, SessionStore
+from orchestrator.demo.local_redis import LocalRedis
+from orchestrator.store.sessions import Lease, SessionStore
 from tasks import (
     DispatchRequest,
     EndSessionRequest,

@@ -21,10 +21,10 @@ from cryptography.x509.oid import NameOID
 from livekit import api
 
 from livekit_sim import LiveKitSim
-from orchestrator.api_tokens import ApiTokenSigner
-from orchestrator.errors import classify
-from orchestrator.local_redis import free_port
-from orchestrator.twirp import USER_AGENT, ClosedBeforeResponse, TwirpClient
+from orchestrator.demo.local_redis import free_port
+from orchestrator.gateway.errors import classify
+from orchestrator.gateway.tokens import ApiTokenSigner
+from orchestrator.gateway.twirp import USER_AGENT, ClosedBeforeResponse, TwirpClient
 from tests.orchestrator.conftest import API_KEY, API_SECRET
 
 CREATE = "AgentDispatchService/CreateDispatch"

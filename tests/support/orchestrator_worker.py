@@ -10,7 +10,7 @@ from typing import Any
 from arq.worker import Worker
 
 from livekit_sim import LiveKitSim
-from orchestrator.context import CTX_KEY
+from orchestrator.jobs.context import CTX_KEY
 from orchestrator.settings import Settings, load_settings
 from orchestrator.worker import worker_settings
 from tests.support.waiting import eventually

@@ -15,7 +15,7 @@ Dispatching again is as safe as the first dispatch:
   before it died or lost LiveKit's answer); the others are deleted, and those an earlier run
   made count as attempts;
 - LiveKit's errors are retried or end the session exactly as for a first dispatch
-  (`orchestrator.retries`): a session that cannot be dispatched again ends `failed`, with a
+  (`orchestrator.jobs.retries`): a session that cannot be dispatched again ends `failed`, with a
   dead letter that can be replayed;
 - the new dispatch is recorded only while the session still has the one it replaces; one that
   ended meanwhile gets the new dispatch withdrawn.
@@ -30,16 +30,16 @@ import structlog
 from livekit import api
 from livekit.protocol import agent
 
-from orchestrator.context import Context, of
 from orchestrator.errors import LiveKitError
-from orchestrator.retries import job_lease, retry_or_reason, wait_for_lease
-from orchestrator.sessions import fail_session
-from orchestrator.state import Lease, now_ms
+from orchestrator.jobs.context import Context, of
+from orchestrator.jobs.reports import fail_session
+from orchestrator.jobs.retries import job_lease, retry_or_reason, wait_for_lease
+from orchestrator.store.sessions import Lease, now_ms
 from tasks import heartbeat, keys
 from tasks.connection import text
 from tasks.models import JobMetadata
 
-log = structlog.get_logger("orchestrator.assignment")
+log = structlog.get_logger("orchestrator.jobs.assignment")
 
 
 async def confirm_assignment(

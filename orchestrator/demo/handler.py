@@ -1,5 +1,5 @@
 """The session handler the demo plugs into its agent worker (AGENT_SESSION_HANDLER=
-`orchestrator.cli.demo_handler:demo_session`). It runs inside the agent's job processes.
+`orchestrator.demo.handler:demo_session`). It runs inside the agent's job processes.
 
 It never joins the room's media (the LiveKit sim has none), so it watches the room through
 the server API instead: a session either "talks" for a few seconds, or waits for a caller and

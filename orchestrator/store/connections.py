@@ -30,7 +30,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
-from orchestrator import dead_letters, metrics
+from orchestrator import metrics
+from orchestrator.store import dead_letters
 from tasks import keys
 from tasks.serialization import MAX_RAW_KEPT_CHARS, deserialize, serialize
 

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 from arq import ArqRedis
 
-from orchestrator import queries
+from orchestrator.store import queries
 from tasks import keys
 from tasks.models import DispatchRequest
 from tasks.producer import enqueue_dispatch, enqueue_job

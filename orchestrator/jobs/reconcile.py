@@ -39,17 +39,18 @@ from typing import Any
 
 import structlog
 
-from orchestrator import queries
-from orchestrator.connections import UNREACHABLE
-from orchestrator.context import Context, of
 from orchestrator.errors import LiveKitError
-from orchestrator.sessions import fail_session, synthesize_report
-from orchestrator.state import TERMINAL, Lease, now_ms
+from orchestrator.jobs.context import Context, of
+from orchestrator.jobs.reports import fail_session, synthesize_report
+from orchestrator.store import queries
+from orchestrator.store.connections import UNREACHABLE
+from orchestrator.store.record import TERMINAL
+from orchestrator.store.sessions import Lease, now_ms
 from tasks import heartbeat, keys
 from tasks.connection import text
 from tasks.producer import enqueue_job
 
-log = structlog.get_logger("orchestrator.reconcile")
+log = structlog.get_logger("orchestrator.jobs.reconcile")
 
 
 PAGE = 200

@@ -8,9 +8,9 @@ from typing import Any
 
 from arq import ArqRedis
 
-from orchestrator.livekit_gateway import LiveKitGateway
+from orchestrator.gateway import LiveKitGateway
 from orchestrator.settings import Settings
-from orchestrator.state import SessionStore
+from orchestrator.store.sessions import SessionStore
 
 CTX_KEY = "lkd"
 

@@ -1,5 +1,5 @@
-"""The end of a session: the agent's report, an end requested by a producer, and the reports
-the orchestrator writes itself (failed dispatch, lost agent)."""
+"""A session's one report: the agent's (`session_report`), and those the orchestrator writes
+itself (a failed dispatch, a lost agent, a session ended before any agent took it)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from orchestrator import dead_letters, metrics
-from orchestrator.context import Context, of
+from orchestrator import metrics
 from orchestrator.errors import describe_validation
-from orchestrator.rejections import reject
-from orchestrator.state import Filing
+from orchestrator.jobs.context import Context, of
+from orchestrator.jobs.rejections import reject
+from orchestrator.store import dead_letters
+from orchestrator.store.sessions import Filing
 from tasks import keys
-from tasks.models import EndSessionRequest, SessionReport, SessionStatus
+from tasks.models import SessionReport, SessionStatus
 
-log = structlog.get_logger("orchestrator.sessions")
+log = structlog.get_logger("orchestrator.jobs.reports")
 
 
 def _ms_to_dt(value: str | None) -> datetime | None:
@@ -126,60 +127,3 @@ async def session_report(ctx: dict[str, Any], report: Any) -> dict[str, Any]:
     filing = await file_report(c, parsed)
     outcome = "duplicate" if filing == "other" else "filed"
     return {"outcome": outcome, "session_id": parsed.session_id}
-
-
-async def end_session(ctx: dict[str, Any], request: Any) -> dict[str, Any]:
-    """Delete the session's dispatch (its agent leaves) or its room (everyone leaves)."""
-    c = of(ctx)
-    try:
-        parsed = EndSessionRequest.model_validate(request)
-    except ValidationError as exc:
-        reason = describe_validation(exc, "end-session request")
-        return await reject(ctx, kind="invalid_event", reason=reason, payload=request)
-
-    if parsed.session_id is not None:
-        session = await c.store.get(parsed.session_id)
-    else:
-        assert parsed.room is not None
-        holder = await c.store.room_holder(parsed.room)
-        session = await c.store.get(holder) if holder else None
-    if session is None or session.get("status") in ("completed", "failed", "lost"):
-        return {"outcome": "not_found"}
-
-    session_id, room = session["session_id"], session["room"]
-    agent_took_job = bool(session.get("job_id")) or await _has_agent_job(c, session)
-    await c.store.transition(
-        session_id,
-        ("claimed", "dispatched", "assigned", "ending"),
-        status="ending",
-        end_reason=parsed.reason,
-        end_requested_at=int(datetime.now(UTC).timestamp() * 1000),
-    )
-    if parsed.delete_room:
-        await c.livekit.delete_room(room)
-    elif session.get("dispatch_id"):
-        await c.livekit.delete_dispatch(session["dispatch_id"], room)
-    log.info(
-        "session end requested", session_id=session_id, room=room, delete_room=parsed.delete_room
-    )
-
-    if not agent_took_job:
-        # No agent ever took the job, so no agent will report: close the session here.
-        await synthesize_report(
-            c,
-            session,
-            status="completed",
-            reason="",
-            end_reason=f"ended before an agent joined: {parsed.reason}",
-        )
-    return {"outcome": "ending", "session_id": session_id}
-
-
-async def _has_agent_job(c: Context, session: dict[str, str]) -> bool:
-    dispatch_id = session.get("dispatch_id")
-    if not dispatch_id:
-        return False
-    for dispatch in await c.livekit.room_dispatches(session["room"]):
-        if dispatch.id == dispatch_id:
-            return bool(dispatch.state.jobs)
-    return False

@@ -1,8 +1,8 @@
 """The orchestrator's only door to LiveKit: the calls it makes, with errors classified and
 latency observed.
 
-Requests go through `orchestrator.twirp` (livekit-api's wire format, headers and errors, on
-lighter HTTP machinery), each with a fresh access token (`orchestrator.api_tokens`).
+Requests go through `orchestrator.gateway.twirp` (livekit-api's wire format, headers and errors, on
+lighter HTTP machinery), each with a fresh access token (`orchestrator.gateway.tokens`).
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from google.protobuf.message import Message
 from livekit import api
 
 from orchestrator import metrics
-from orchestrator.api_tokens import ApiTokenSigner
-from orchestrator.errors import LiveKitError, classify
+from orchestrator.errors import LiveKitError
+from orchestrator.gateway.errors import classify
+from orchestrator.gateway.tokens import ApiTokenSigner
+from orchestrator.gateway.twirp import TwirpClient
 from orchestrator.settings import Settings
-from orchestrator.twirp import TwirpClient
 
 T = TypeVar("T", bound=Message)
 DISPATCH = "AgentDispatchService"

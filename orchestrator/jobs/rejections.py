@@ -8,10 +8,11 @@ from typing import Any
 
 import structlog
 
-from orchestrator import dead_letters, metrics
-from orchestrator.context import of
+from orchestrator import metrics
+from orchestrator.jobs.context import of
+from orchestrator.store import dead_letters
 
-log = structlog.get_logger("orchestrator.rejections")
+log = structlog.get_logger("orchestrator.jobs.rejections")
 
 
 async def reject(

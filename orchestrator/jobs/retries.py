@@ -5,7 +5,7 @@ errors and an unreachable Redis alike.
 - A LiveKit error that may pass (5xx, timeouts, no connection) is tried again with backoff, up
   to `Settings.dispatch_max_tries` tries of the job; a permanent one is not.
 - A job that meets an unreachable Redis is deferred (arq's Retry) until Redis is back: its
-  worker rides the outage out (`orchestrator.connections`).
+  worker rides the outage out (`orchestrator.store.connections`).
 - arq allows each job a few more tries than that (`TRIES_HEADROOM`), so that the tries a killed
   worker costs never leave a step unfinished: a step on its last try concludes (it fails the
   session with a dead letter) instead of leaving arq to drop it.
@@ -23,12 +23,12 @@ import structlog
 from arq import Retry
 from arq.typing import WorkerCoroutine
 
-from orchestrator.connections import UNREACHABLE
-from orchestrator.context import of
 from orchestrator.errors import LiveKitError
-from orchestrator.state import Lease
+from orchestrator.jobs.context import of
+from orchestrator.store.connections import UNREACHABLE
+from orchestrator.store.sessions import Lease
 
-log = structlog.get_logger("orchestrator.retries")
+log = structlog.get_logger("orchestrator.jobs.retries")
 
 TRIES_HEADROOM = 5
 """arq tries of a job beyond `dispatch_max_tries`: for the tries lost to killed workers."""
@@ -94,7 +94,7 @@ def as_arq_job(job: Callable[..., Awaitable[Any]]) -> WorkerCoroutine:
     safe to run again, which is what lets this be done for all of them.
 
     The deferral is arq's Retry without a delay: arq's worker waits for Redis to record it
-    (`orchestrator.connections`), and the job is due again at once. A delay would move the
+    (`orchestrator.store.connections`), and the job is due again at once. A delay would move the
     job in arq's queue, and a run that meets the outage must not move a job that another run
     has finished meanwhile (an outage longer than arq's in-progress mark lets a second run
     start): arq would queue it again, as a job whose data is gone."""

@@ -5,7 +5,7 @@ with a protobuf body, `Content-Type: application/protobuf`, an `X-Livekit-Reques
 idempotency key and the caller's `Authorization`; a 200 carries the protobuf answer, any
 other status a Twirp JSON error (`code`, `msg`, `meta`), raised as livekit-api's
 `ServerError`. Transport failures raise `OSError` (`ConnectionError`), timeouts
-`TimeoutError`. `orchestrator.errors.classify` reads all three.
+`TimeoutError`. `orchestrator.gateway.errors.classify` reads all three.
 
 Why not livekit-api's client: it rides on aiohttp, whose per-request machinery cost more CPU
 than the rest of a dispatch's own work (bench/profile_dispatch.py). What this leaves out:

@@ -25,19 +25,19 @@ from typing import Any
 import aiohttp
 
 from orchestrator.cli.connect import open_redis
-from orchestrator.cli.demo_events import Scenario, Tally
 from orchestrator.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from orchestrator.cli.output import Output
-from orchestrator.cli.processes import ProcessExited, Supervisor
+from orchestrator.demo.events import Scenario, Tally
+from orchestrator.demo.local_redis import find_redis_server, free_port
+from orchestrator.demo.processes import ProcessExited, Supervisor
 from orchestrator.errors import OrchestratorError
-from orchestrator.local_redis import find_redis_server, free_port
 from orchestrator.settings import ClientSettings, child_environment
 from tasks import keys
 
 AGENT_NAME = "demo-agent"
 API_KEY = "demo-key"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEMO_HANDLER = "orchestrator.cli.demo_handler:demo_session"
+DEMO_HANDLER = "orchestrator.demo.handler:demo_session"
 WEBHOOK_PATH = "/livekit/webhook"
 DASHBOARD_PATH = "/"
 START_TIMEOUT_S = 120.0

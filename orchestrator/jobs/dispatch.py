@@ -11,15 +11,15 @@ from arq import Retry
 from pydantic import ValidationError
 
 from orchestrator import metrics
-from orchestrator.context import Context, of
 from orchestrator.errors import LiveKitError, describe_validation
-from orchestrator.rejections import reject
-from orchestrator.retries import give_up_reason, job_lease, retry_delay, wait_for_lease
-from orchestrator.sessions import fail_session
-from orchestrator.state import Claim, Lease
+from orchestrator.jobs.context import Context, of
+from orchestrator.jobs.rejections import reject
+from orchestrator.jobs.reports import fail_session
+from orchestrator.jobs.retries import give_up_reason, job_lease, retry_delay, wait_for_lease
+from orchestrator.store.sessions import Claim, Lease
 from tasks.models import DispatchRequest, session_id_for
 
-log = structlog.get_logger("orchestrator.dispatch")
+log = structlog.get_logger("orchestrator.jobs.dispatch")
 
 NOT_BEFORE_SLACK_S = 0.05
 """An event taken this much before its `not_before` or less goes now (clocks differ)."""
