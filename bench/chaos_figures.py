@@ -7,18 +7,16 @@ from __future__ import annotations
 import collections
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 from arq import ArqRedis
 
 from livekit_sim import LiveKitSim
 from livekit_sim.job_log import JobRecord
 from tasks import keys
-from tasks.models import SessionReport
+from tasks.models import DispatchOutcome, SessionReport
 
-OUTCOMES = frozenset(
-    {"dispatched", "deduplicated", "duplicate_event", "expired", "failed", "rejected", "withdrawn"}
-)
+OUTCOMES = frozenset(get_args(DispatchOutcome))
 
 
 @dataclass

@@ -62,7 +62,7 @@ async def one_pass(redis_url: str, sessions: int) -> None:
             f"longest event-loop stall {max(stalls) * 1000:.1f} ms"
         )
     finally:
-        await store.scripts.aclose()
+        await store.aclose()
         await gateway.aclose()
         await redis.aclose()
 

@@ -78,7 +78,7 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
     context: Context | None = ctx.get(CTX_KEY)
     if context is not None:
         OUTAGE.on_end = None
-        await context.store.scripts.aclose()
+        await context.store.aclose()
         await context.livekit.aclose()
         await context.redis.aclose()
 

@@ -42,8 +42,11 @@ AGENT_NAME_SCHEMA: dict[str, Any] = {
     "maxLength": 128,
 }
 
-SessionStatus = Literal["completed", "failed", "lost"]
-DispatchOutcome = Literal["dispatched", "deduplicated", "expired", "failed", "duplicate_event"]
+ReportStatus = Literal["completed", "failed", "lost"]
+DispatchOutcome = Literal[
+    "dispatched", "deduplicated", "duplicate_event", "expired", "failed", "rejected", "withdrawn"
+]
+"""What became of a dispatch event: the `outcome` of its job's result (README, "From Python")."""
 
 
 class _Model(BaseModel):
@@ -201,7 +204,7 @@ class SessionReport(_Model):
     session_id: str
     event_id: str
     room: str
-    status: SessionStatus
+    status: ReportStatus
     agent_name: str | None = None
     dispatch_id: str | None = None
     job_id: str | None = None

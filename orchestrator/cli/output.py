@@ -10,6 +10,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
+from orchestrator.store.record import SessionStatus
+
 _CODES = {
     "red": "31",
     "green": "32",
@@ -22,13 +24,14 @@ _CODES = {
 }
 
 STATUS_COLOURS = {
-    "completed": "green",
-    "assigned": "cyan",
-    "dispatched": "cyan",
-    "claimed": "blue",
-    "ending": "magenta",
-    "failed": "red",
-    "lost": "red",
+    SessionStatus.COMPLETED: "green",
+    SessionStatus.ASSIGNED: "cyan",
+    SessionStatus.DISPATCHED: "cyan",
+    SessionStatus.CLAIMED: "blue",
+    SessionStatus.ENDING: "magenta",
+    SessionStatus.FAILED: "red",
+    SessionStatus.LOST: "red",
+    # doctor's checks
     "ok": "green",
     "warn": "yellow",
     "fail": "red",

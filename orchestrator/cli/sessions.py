@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from orchestrator.cli.exits import EXIT_FAILED, EXIT_OK, UsageError
 from orchestrator.cli.output import Output, age_of, clock, duration
 from orchestrator.store import queries
+from orchestrator.store.record import Session
 from tasks import keys
 from tasks.models import DispatchRequest, EndSessionRequest, session_id_for
 from tasks.producer import enqueue_dispatch, enqueue_end_session
@@ -192,27 +193,36 @@ async def cmd_end(args: argparse.Namespace, out: Output, redis: ArqRedis) -> int
     return EXIT_OK
 
 
-def _session_pairs(out: Output, s: dict[str, Any]) -> list[tuple[str, str]]:
-    ttd = s.get("time_to_dispatch_ms")
+def _time_to_dispatch(s: Session) -> str:
+    if s.dispatched_at and s.enqueued_at:
+        return duration((s.dispatched_at - s.enqueued_at) / 1000)
+    return ""
+
+
+def _session_pairs(out: Output, s: Session) -> list[tuple[str, str]]:
     return [
-        ("session", str(s.get("session_id", ""))),
-        ("status", out.status(str(s.get("status", "")))),
-        ("room", str(s.get("room", ""))),
-        ("agent_name", str(s.get("agent_name", ""))),
-        ("event", str(s.get("event_id", ""))),
-        ("enqueued", clock(s.get("enqueued_at"))),
-        ("claimed", clock(s.get("claimed_at"))),
-        ("dispatched", clock(s.get("dispatched_at"))),
-        ("assigned", clock(s.get("assigned_at"))),
-        ("ended", clock(s.get("ended_at"))),
-        ("time to dispatch", duration(ttd / 1000) if ttd is not None else ""),
-        ("dispatch", str(s.get("dispatch_id", ""))),
-        ("job", str(s.get("job_id", ""))),
-        ("worker", str(s.get("worker_id", ""))),
-        ("attempts", str(s.get("attempts", ""))),
-        ("end reason", str(s.get("end_reason", ""))),
-        ("last error", out.paint(str(s.get("last_error", "")), "red")),
+        ("session", s.session_id),
+        ("status", out.status(s.status)),
+        ("room", s.room),
+        ("agent_name", s.agent_name),
+        ("event", s.event_id),
+        ("enqueued", clock(s.enqueued_at)),
+        ("claimed", clock(s.claimed_at)),
+        ("dispatched", clock(s.dispatched_at)),
+        ("assigned", clock(s.assigned_at)),
+        ("ended", clock(s.ended_at)),
+        ("time to dispatch", _time_to_dispatch(s)),
+        ("dispatch", s.dispatch_id or ""),
+        ("job", s.job_id or ""),
+        ("worker", s.worker_id or ""),
+        ("attempts", str(s.attempts)),
+        ("end reason", s.end_reason or ""),
+        ("last error", out.paint(s.last_error or "", "red")),
     ]
+
+
+def _view(session: Session) -> dict[str, Any]:
+    return session.view(int(time.time() * 1000))
 
 
 async def cmd_session(args: argparse.Namespace, out: Output, redis: ArqRedis) -> int:
@@ -222,7 +232,7 @@ async def cmd_session(args: argparse.Namespace, out: Output, redis: ArqRedis) ->
         session = await queries.get_session(redis, args.session_id)
         what = f"session {args.session_id}"
     else:
-        session = await queries.session_by_room(redis, args.room)
+        session = await queries.newest_in_room(redis, args.room)
         what = f"a session in room {args.room}"
     if session is None:
         if out.json_mode:
@@ -231,15 +241,17 @@ async def cmd_session(args: argparse.Namespace, out: Output, redis: ArqRedis) ->
             out.error(f"no {what} (sessions are kept for LKD_SESSION_RETENTION_S)")
         return EXIT_FAILED
     if out.json_mode:
-        out.json(session)
+        out.json(_view(session))
     else:
         out.fields(_session_pairs(out, session))
     return EXIT_OK
 
 
 async def cmd_sessions(args: argparse.Namespace, out: Output, redis: ArqRedis) -> int:
+    more = 0
     if args.live:
-        sessions = await queries.live_sessions(redis)
+        sessions, live = await queries.live_sessions(redis, limit=args.limit)
+        more = live - len(sessions)
     else:
         sessions = await queries.list_sessions(
             redis,
@@ -249,25 +261,24 @@ async def cmd_sessions(args: argparse.Namespace, out: Output, redis: ArqRedis) -
             limit=args.limit,
         )
     if out.json_mode:
-        out.json(sessions)
+        out.json([_view(s) for s in sessions])
         return EXIT_OK
     if not sessions:
         out.line("no sessions match")
         return EXIT_OK
-    rows = []
-    for s in sessions:
-        ttd = s.get("time_to_dispatch_ms")
-        note = s.get("last_error") or s.get("end_reason") or ""
-        rows.append(
-            [
-                str(s.get("session_id", "")),
-                out.status(str(s.get("status", ""))),
-                str(s.get("room", "")),
-                str(s.get("agent_name", "")),
-                age_of(s.get("claimed_at")),
-                duration(ttd / 1000) if ttd is not None else "",
-                str(note)[:80],
-            ]
-        )
+    rows = [
+        [
+            s.session_id,
+            out.status(s.status),
+            s.room,
+            s.agent_name,
+            age_of(s.claimed_at),
+            _time_to_dispatch(s),
+            (s.last_error or s.end_reason or "")[:80],
+        ]
+        for s in sessions
+    ]
     out.table(["SESSION", "STATUS", "ROOM", "AGENT", "AGE", "TO DISPATCH", "NOTE"], rows)
+    if more:
+        out.line(f"... and {more} more live sessions (--limit)")
     return EXIT_OK

@@ -21,6 +21,7 @@ import aiohttp
 from arq import ArqRedis
 
 from orchestrator.store import queries
+from orchestrator.store.record import SessionStatus
 from tasks import keys
 from tasks.models import DispatchRequest
 from tasks.producer import enqueue_dispatch, enqueue_job
@@ -130,10 +131,10 @@ class Scenario:
     async def next_event(self) -> None:
         """One step of the steady stream: mostly new rooms, sometimes a duplicate."""
         number = next(self._numbers)
-        live = await queries.live_sessions(self.redis)
-        ours = [s for s in live if str(s.get("room", "")).startswith(f"{self.run_id}-support")]
+        live, _ = await queries.live_sessions(self.redis)
+        ours = [s for s in live if s.room.startswith(f"{self.run_id}-support")]
         if number % 4 == 0 and ours:
-            await self.send(str(random.choice(ours)["room"]), "same-room")
+            await self.send(random.choice(ours).room, "same-room")
         elif number % 7 == 0 and self.sent:
             previous = next(s for s in reversed(self.sent) if s.kind == "new")
             await self.send(previous.room, "same-event", event_id=previous.event_id)
@@ -148,8 +149,8 @@ class Scenario:
     async def _caller_hangs_up(self, room: str) -> None:
         assert self.sim_url is not None
         for _ in range(300):  # the agent must be there first, or nobody hears the caller
-            session = await queries.session_by_room(self.redis, room)
-            if session and session.get("status") == "assigned":
+            session = await queries.newest_in_room(self.redis, room)
+            if session and session.status == SessionStatus.ASSIGNED:
                 break
             await asyncio.sleep(0.1)
         identity = f"caller-{self.run_id}"

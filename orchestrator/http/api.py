@@ -28,7 +28,7 @@ from orchestrator.http.schemas import (
 from orchestrator.http.service import of
 from orchestrator.http.spec import Route
 from orchestrator.store import dead_letters, queries
-from orchestrator.store.record import TERMINAL
+from orchestrator.store.record import Session
 from tasks import (
     DispatchRequest,
     EndSessionRequest,
@@ -114,41 +114,38 @@ async def post_end_session(request: web.Request) -> web.Response:
             raise not_found(f"no session {body.session_id!r}")
     else:
         assert body.room is not None
-        holder = await store.room_holder(body.room)
-        session = await store.get(holder) if holder else None
+        session = await store.find_live(room=body.room)
         if session is None:
             raise not_found(f"no live session in room {body.room!r}")
-    if session.get("status") in TERMINAL:
+    if session.terminal:
         raise ApiError(
             409,
             "already_ended",
-            f"session {session['session_id']} has already ended ({session['status']})",
+            f"session {session.session_id} has already ended ({session.status})",
         )
     job = await enqueue_end_session(of(request).redis, body)
-    answer = EndSessionAccepted(
-        job_id=job.job_id, session_id=session["session_id"], room=session["room"]
-    )
+    answer = EndSessionAccepted(job_id=job.job_id, session_id=session.session_id, room=session.room)
     return reply(answer, 202)
 
 
-def _session_reply(view: dict[str, Any] | None, missing: str) -> web.Response:
-    if view is None:
+def _session_reply(session: Session | None, missing: str) -> web.Response:
+    if session is None:
         raise not_found(missing)
-    return web.json_response(session_answer(view))
+    return web.json_response(session_answer(session))
 
 
 async def get_session(request: web.Request) -> web.Response:
     session_id = request.match_info["session_id"]
-    view = await queries.get_session(of(request).redis, session_id)
+    session = await queries.get_session(of(request).redis, session_id)
     return _session_reply(
-        view, f"no session {session_id!r}: unknown, or older than the session retention"
+        session, f"no session {session_id!r}: unknown, or older than the session retention"
     )
 
 
 async def get_room_session(request: web.Request) -> web.Response:
     room = request.match_info["room"]
-    view = await queries.session_by_room(of(request).redis, room)
-    return _session_reply(view, f"room {room!r} has no session")
+    session = await queries.newest_in_room(of(request).redis, room)
+    return _session_reply(session, f"room {room!r} has no session")
 
 
 def _ms(value: Any) -> int | None:
@@ -157,7 +154,7 @@ def _ms(value: Any) -> int | None:
 
 async def list_sessions(request: web.Request) -> web.Response:
     q = parse_query(request, SessionQuery)
-    views = await queries.list_sessions(
+    found = await queries.list_sessions(
         of(request).redis,
         status=q.status,
         agent_name=q.agent_name,
@@ -165,7 +162,7 @@ async def list_sessions(request: web.Request) -> web.Response:
         until_ms=_ms(q.until),
         limit=q.limit,
     )
-    return web.json_response({"sessions": [session_answer(v) for v in views]})
+    return web.json_response({"sessions": [session_answer(s) for s in found]})
 
 
 async def results_page(request: web.Request, count: int) -> list[ResultView]:

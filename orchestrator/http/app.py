@@ -118,7 +118,7 @@ def create_app(settings: Settings) -> web.Application:
             log.warning("LKD_API_TOKEN is not set: the HTTP API is read-only and unauthenticated")
         yield
         try:
-            await app[SERVICE].store.scripts.aclose()
+            await app[SERVICE].store.aclose()
         finally:
             await redis.aclose()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from orchestrator.http.api import dead_letter_page, parse_query, reply, results_page
-from orchestrator.http.schemas import DispatchPoint, Overview, OverviewQuery, SessionView
+from orchestrator.http.schemas import DispatchPoint, Overview, OverviewQuery, session_view
 from orchestrator.http.service import of
 from orchestrator.http.spec import Route
 from orchestrator.store import queries
@@ -42,21 +42,21 @@ async def overview(request: web.Request) -> web.Response:
     q = parse_query(request, OverviewQuery)
     svc = of(request)
     now = int(time.time() * 1000)
-    live = await queries.live_sessions(svc.redis)
+    live, live_count = await queries.live_sessions(svc.redis, limit=MAX_LIVE_SHOWN)
     recent = await queries.list_sessions(
         svc.redis, since_ms=now - q.window_s * 1000, limit=MAX_POINTS
     )
     points = [
-        DispatchPoint(at_ms=s["dispatched_at"], ms=s["time_to_dispatch_ms"], room=s["room"])
+        DispatchPoint(at_ms=s.dispatched_at, ms=s.dispatched_at - s.enqueued_at, room=s.room)
         for s in recent
-        if "time_to_dispatch_ms" in s
+        if s.dispatched_at and s.enqueued_at
     ]
     worker_ok, _ = await svc.worker_check()
     answer = Overview(
         now_ms=now,
         queue_depth=await queries.queue_depth(svc.redis),
-        live_count=len(live),
-        live_sessions=[SessionView.model_validate(s) for s in live[:MAX_LIVE_SHOWN]],
+        live_count=live_count,
+        live_sessions=[session_view(s) for s in live],
         time_to_dispatch=sorted(points, key=lambda p: p.at_ms),
         reports=await results_page(request, q.reports),
         dead_letters=await dead_letter_page(request, q.dead_letters),

@@ -21,6 +21,7 @@ from orchestrator.http.service import Service, of
 from orchestrator.http.spec import Route
 from orchestrator.metrics import shared
 from orchestrator.store import queries
+from orchestrator.store.record import LIVE, SessionStatus
 from tasks import keys
 
 LOCAL = CollectorRegistry(auto_describe=True)
@@ -84,7 +85,7 @@ async def _gauges(svc: Service) -> list[Metric]:
         for sid in live_ids:
             pipe.hget(keys.session_key(sid.decode()), "status")
         statuses = await pipe.execute()
-    by_status = dict.fromkeys(("claimed", "dispatched", "assigned", "ending"), 0)
+    by_status = {str(status): 0 for status in SessionStatus if status in LIVE}
     for status in statuses:
         if status is not None:
             name = status.decode()

@@ -4,16 +4,14 @@ generated from them describes what is really sent."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from orchestrator.store.queries import SESSION_STATUSES
+from orchestrator.store.record import Session, SessionStatus
 from tasks.models import SessionReport
-
-SessionState = Literal["claimed", "dispatched", "assigned", "ending", "completed", "failed", "lost"]
-assert set(get_args(SessionState)) == set(SESSION_STATUSES)
 
 
 class _Answer(BaseModel):
@@ -77,27 +75,33 @@ class EndSessionAccepted(_Answer):
     room: str
 
 
-class SessionView(BaseModel):
-    """A session record. Times are unix milliseconds."""
-
-    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
+class SessionView(_Answer):
+    """A session record (`orchestrator.store.record.Session`). Times are unix milliseconds."""
 
     session_id: str
     event_id: str = ""
     room: str = ""
-    status: SessionState
+    status: SessionStatus
     agent_name: str | None = None
     generation: int | None = None
+    attempts: int | None = None
+    """Dispatches made for the session so far."""
+    dispatch_job: str | None = None
+    """The arq job that dispatches the session."""
     dispatch_id: str | None = None
+    confirm_job: str | None = None
+    """The arq job of the current dispatch's assignment check."""
     job_id: str | None = None
+    """The LiveKit job an agent runs the session in."""
     worker_id: str | None = None
     enqueued_at: int | None = None
     claimed_at: int | None = None
     dispatched_at: int | None = None
     assigned_at: int | None = None
     end_requested_at: int | None = None
+    gone_since: int | None = None
+    """When LiveKit was seen to lose the agent."""
     ended_at: int | None = None
-    attempts: int | None = None
     age_s: float | None = None
     """Seconds since the room was claimed."""
     time_to_dispatch_ms: int | None = None
@@ -184,7 +188,7 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 class SessionQuery(_Query):
-    status: SessionState | None = None
+    status: SessionStatus | None = None
     agent_name: str | None = None
     since: datetime | None = None
     """Sessions created at or after this time (ISO 8601 with zone, or unix seconds/ms)."""
@@ -213,6 +217,10 @@ class OverviewQuery(_Query):
     dead_letters: int = Field(20, ge=1, le=200)
 
 
-def session_answer(view: dict[str, Any]) -> dict[str, Any]:
-    """A queries.session_view dict, checked against SessionView, as JSON-able data."""
-    return SessionView.model_validate(view).model_dump(mode="json", exclude_none=True)
+def session_view(session: Session) -> SessionView:
+    return SessionView.model_validate(session.view(int(time.time() * 1000)))
+
+
+def session_answer(session: Session) -> dict[str, Any]:
+    """A session record as the API answers it (checked against SessionView)."""
+    return session_view(session).model_dump(mode="json", exclude_none=True)

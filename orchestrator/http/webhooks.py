@@ -21,37 +21,38 @@ from orchestrator.http.errors import ApiError
 from orchestrator.http.observe import WEBHOOKS
 from orchestrator.http.service import Service, of
 from orchestrator.http.spec import Route
-from orchestrator.store.record import TERMINAL
+from orchestrator.store.record import LIVE, Session, SessionStatus
 from orchestrator.store.sessions import now_ms
 from tasks import EndSessionRequest, enqueue_end_session
 
 log = structlog.get_logger("orchestrator.webhooks")
 
 AGENT = models.ParticipantInfo.Kind.AGENT
-LIVE = ("claimed", "dispatched", "assigned", "ending")
 _ENDS = {
     "room_finished": "LiveKit room_finished: the room closed",
     "participant_left": "LiveKit participant_left: the agent left the room",
 }
 
 
-def is_session_agent(session: dict[str, str], participant: models.ParticipantInfo) -> bool:
+def is_session_agent(session: Session, participant: models.ParticipantInfo) -> bool:
     """Whether `participant` is the session's agent: the identity our agent takes
     (`agent-<session id>`, agent/admission.py), the one LiveKit gives an agent that names none
     (`agent-<job id>`), or an agent participant that is not another job's."""
-    job_id = session.get("job_id")
-    if participant.identity in (f"agent-{session.get('session_id')}", f"agent-{job_id}"):
+    ours = {f"agent-{session.session_id}"} | (
+        {f"agent-{session.job_id}"} if session.job_id else set()
+    )
+    if participant.identity in ours:
         return True
     if participant.kind != AGENT:
         return False
-    return not (job_id and participant.identity.startswith("agent-AJ_"))
+    return not (session.job_id and participant.identity.startswith("agent-AJ_"))
 
 
-def _why_not(session: dict[str, str] | None, event: webhook.WebhookEvent) -> str | None:
+def why_not(session: Session | None, event: webhook.WebhookEvent) -> str | None:
     """Why the event does not end `session`; None when it does."""
-    if session is None or session.get("status") in TERMINAL:
+    if session is None or not session.live:
         return "no_live_session"
-    dispatched_at = int(session.get("dispatched_at") or 0)
+    dispatched_at = session.dispatched_at
     if not dispatched_at:
         return "not_dispatched_yet"
     closed_s = event.created_at
@@ -67,15 +68,14 @@ async def handle_event(svc: Service, event: webhook.WebhookEvent) -> str:
     if event.event not in _ENDS:
         return "ignored"
     room = event.room.name
-    holder = await svc.store.room_holder(room)
-    session = await svc.store.get(holder) if holder else None
-    why_not = _why_not(session, event)
-    if why_not is not None or session is None:
-        return why_not or "no_live_session"
-    session_id = session["session_id"]
-    if not session.get("gone_since"):
+    session = await svc.store.find_live(room=room)
+    unmoved = why_not(session, event)
+    if unmoved is not None or session is None:
+        return unmoved or "no_live_session"
+    session_id = session.session_id
+    if not session.gone_since:
         await svc.store.transition(session_id, LIVE, gone_since=now_ms())
-    if session.get("status") != "ending":
+    if session.status != SessionStatus.ENDING:
         end = EndSessionRequest(session_id=session_id, reason=_ENDS[event.event])
         await enqueue_end_session(svc.redis, end)
     log.info("session ending on webhook", session_id=session_id, room=room, webhook=event.event)

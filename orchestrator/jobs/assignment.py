@@ -34,6 +34,7 @@ from orchestrator.errors import LiveKitError
 from orchestrator.jobs.context import Context, of
 from orchestrator.jobs.reports import fail_session
 from orchestrator.jobs.retries import job_lease, retry_or_reason, wait_for_lease
+from orchestrator.store.record import Session, SessionStatus
 from orchestrator.store.sessions import Lease, now_ms
 from tasks import heartbeat, keys
 from tasks.connection import text
@@ -49,12 +50,12 @@ async def confirm_assignment(
     session = await c.store.get(session_id)
     if (
         session is None
-        or session.get("status") != "dispatched"
-        or session.get("dispatch_id") != dispatch_id
+        or session.status != SessionStatus.DISPATCHED
+        or session.dispatch_id != dispatch_id
     ):
         return {"outcome": "moot"}
     structlog.contextvars.bind_contextvars(
-        session_id=session_id, room=session["room"], dispatch_id=dispatch_id, attempt=attempt
+        session_id=session_id, room=session.room, dispatch_id=dispatch_id, attempt=attempt
     )
     try:
         taken = (
@@ -65,7 +66,7 @@ async def confirm_assignment(
         lease = job_lease(ctx)
         while True:
             answer, busy_ms = await c.store.take_lease(
-                session_id, lease, status="dispatched", dispatch_id=dispatch_id
+                session_id, lease, status=SessionStatus.DISPATCHED, dispatch_id=dispatch_id
             )
             if answer == "moved":
                 return {"outcome": "moot"}
@@ -81,12 +82,12 @@ async def confirm_assignment(
 async def _with_lease(
     ctx: dict[str, Any],
     c: Context,
-    session: dict[str, str],
+    session: Session,
     dispatch_id: str,
     attempt: int,
     lease: Lease,
 ) -> dict[str, Any]:
-    session_id, room = session["session_id"], session["room"]
+    session_id, room = session.session_id, session.room
     try:
         standing = await c.livekit.session_dispatches(room, session_id)
         taken = [(d, job) for d in standing for job in d.state.jobs if _running(job)]
@@ -106,11 +107,11 @@ async def _with_lease(
         if attempt >= c.settings.assignment_attempts:
             return await _fail(ctx, c, session, _nobody_took_it(session, attempt))
         metadata = await _job_metadata(c, session)
-        dispatch = await c.livekit.create_dispatch(session["agent_name"], room, metadata)
+        dispatch = await c.livekit.create_dispatch(session.agent_name, room, metadata)
     except LiveKitError as exc:
         reason = retry_or_reason(ctx, exc)  # raises Retry while trying again may help
         return await _fail(ctx, c, session, reason)
-    waited_s = (now_ms() - int(session.get("dispatched_at") or now_ms())) / 1000
+    waited_s = (now_ms() - (session.dispatched_at or now_ms())) / 1000
     log.warning(
         "dispatch not assigned, dispatched again",
         waited_s=round(waited_s, 1),
@@ -121,7 +122,7 @@ async def _with_lease(
 
 async def _record(
     c: Context,
-    session: dict[str, str],
+    session: Session,
     replaced: str,
     dispatch: api.AgentDispatch,
     attempt: int,
@@ -130,11 +131,11 @@ async def _record(
 ) -> dict[str, Any]:
     """Record `dispatch` as the session's next attempt, replacing `replaced`; withdraw it when
     the session moved on meanwhile (it ended, or another run recorded a dispatch)."""
-    session_id, room = session["session_id"], session["room"]
+    session_id, room = session.session_id, session.room
     delay = c.settings.assignment_check_delay_s * 2**attempt
     recorded = await c.store.mark_dispatched(
         session_id,
-        session["event_id"],
+        session.event_id,
         dispatch.id,
         await _job_metadata(c, session),
         check_in_s=delay,
@@ -152,7 +153,7 @@ async def _record(
 
 async def _assigned(
     c: Context,
-    session: dict[str, str],
+    session: Session,
     dispatch_id: str,
     job_id: str,
     worker_id: str,
@@ -164,10 +165,10 @@ async def _assigned(
     dispatch (an earlier run made it)."""
     fields: dict[str, Any] = {"dispatch_id": keep} if keep and keep != dispatch_id else {}
     await c.store.transition(
-        session["session_id"],
-        ("dispatched",),
+        session.session_id,
+        (SessionStatus.DISPATCHED,),
         having_dispatch=dispatch_id,
-        status="assigned",
+        status=SessionStatus.ASSIGNED,
         job_id=job_id,
         worker_id=worker_id,
         assigned_at=now_ms(),
@@ -189,41 +190,31 @@ async def _delete(c: Context, room: str, dispatches: list[api.AgentDispatch]) ->
         await c.livekit.delete_dispatch(dispatch.id, room)
 
 
-def _nobody_took_it(session: dict[str, str], attempt: int) -> str:
-    first_ms = int(session.get("claimed_at") or now_ms())
+def _nobody_took_it(session: Session, attempt: int) -> str:
+    first_ms = session.claimed_at or now_ms()
     total_s = round(time.time() - first_ms / 1000)
     return (
-        f"no agent worker accepted agent_name={session['agent_name']!r} in {total_s} s "
+        f"no agent worker accepted agent_name={session.agent_name!r} in {total_s} s "
         f"({attempt} dispatches): is a worker running with that agent_name, with capacity?"
     )
 
 
-async def _fail(
-    ctx: dict[str, Any], c: Context, session: dict[str, str], reason: str
-) -> dict[str, Any]:
+async def _fail(ctx: dict[str, Any], c: Context, session: Session, reason: str) -> dict[str, Any]:
     """The session cannot be dispatched again: `failed`, with a dead letter to replay it."""
-    await fail_session(
-        c,
-        session_id=session["session_id"],
-        event_id=session["event_id"],
-        room=session["room"],
-        agent_name=session["agent_name"],
-        reason=reason,
-        generation=int(session.get("generation") or 0),
-        event={
-            "event_id": session["event_id"],
-            "room": session["room"],
-            "agent_name": session["agent_name"],
-            "metadata": JobMetadata.model_validate_json(await _job_metadata(c, session)).metadata,
-        },
-        job_id=ctx["job_id"],
-    )
+    metadata = JobMetadata.model_validate_json(await _job_metadata(c, session)).metadata
+    event = {
+        "event_id": session.event_id,
+        "room": session.room,
+        "agent_name": session.agent_name,
+        "metadata": metadata,
+    }
+    await fail_session(c, session, reason=reason, event=event, job_id=ctx["job_id"])
     return {"outcome": "failed", "reason": reason}
 
 
-async def _job_metadata(c: Context, session: dict[str, str]) -> str:
+async def _job_metadata(c: Context, session: Session) -> str:
     """The job metadata the session was first dispatched with (kept while it is live)."""
-    raw = await c.redis.get(keys.session_payload_key(session["session_id"]))
+    raw = await c.redis.get(keys.session_payload_key(session.session_id))
     if raw is not None:
         return text(raw)
-    return JobMetadata(session_id=session["session_id"], event_id=session["event_id"]).to_json()
+    return JobMetadata(session_id=session.session_id, event_id=session.event_id).to_json()

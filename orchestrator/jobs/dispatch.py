@@ -16,8 +16,9 @@ from orchestrator.jobs.context import Context, of
 from orchestrator.jobs.rejections import reject
 from orchestrator.jobs.reports import fail_session
 from orchestrator.jobs.retries import give_up_reason, job_lease, retry_delay, wait_for_lease
+from orchestrator.store.record import Session, SessionStatus
 from orchestrator.store.sessions import Claim, Lease
-from tasks.models import DispatchRequest, session_id_for
+from tasks.models import DispatchOutcome, DispatchRequest, session_id_for
 
 log = structlog.get_logger("orchestrator.jobs.dispatch")
 
@@ -27,6 +28,12 @@ BACKLOG_WAIT_S = 0.025
 """An event that waited this long between due and started finds the worker behind: its claim
 may then linger (Settings.backlog_linger_ms) to share a write, which drains a backlog faster
 at a millisecond's cost to events already waiting many."""
+
+
+def result(outcome: DispatchOutcome, **fields: str) -> dict[str, Any]:
+    """The job's result: its outcome, with what goes with it (`session_id`, `dispatch_id`,
+    `reason`)."""
+    return {"outcome": outcome, **fields}
 
 
 async def dispatch_agent(ctx: dict[str, Any], event: Any, generation: int = 0) -> dict[str, Any]:
@@ -76,7 +83,7 @@ async def _dispatch(
         await c.store.record_event(request.event_id, "expired", overwrite=False)
         metrics.DISPATCH_OUTCOMES.labels("expired").inc()
         log.info("event expired before dispatch", expires_at=request.expires_at.isoformat())
-        return {"outcome": "expired"}
+        return result("expired")
 
     agent_name = request.agent_name or c.settings.agent_name
     enqueue_time: datetime = ctx["enqueue_time"]
@@ -105,7 +112,7 @@ async def _dispatch(
     if claim.kind in ("deduplicated", "duplicate_event"):
         metrics.DISPATCH_OUTCOMES.labels(claim.kind).inc()
         log.info("event not dispatched", outcome=claim.kind, live_session=claim.session_id)
-        return {"outcome": claim.kind, "session_id": claim.session_id}
+        return result(claim.kind, session_id=claim.session_id)
     async with c.store.holding(session_id, lease):
         return await _dispatch_claimed(
             ctx, c, request, session_id, generation, agent_name, claim, lease
@@ -140,7 +147,7 @@ async def _dispatch_claimed(
         if delay is None:
             reason = give_up_reason(ctx, exc)
             return await _fail(ctx, c, request, session_id, generation, agent_name, reason)
-        await c.store.transition(session_id, ("claimed",), last_error=str(exc))
+        await c.store.transition(session_id, (SessionStatus.CLAIMED,), last_error=str(exc))
         log.warning("LiveKit error, will retry", error=str(exc), retry_in_s=round(delay, 3))
         raise Retry(defer=delay) from exc
 
@@ -157,21 +164,21 @@ async def _dispatch_claimed(
         # The session ended (end_session) while we dispatched: take the agent back out.
         await c.livekit.delete_dispatch(dispatch.id, request.room)
         log.info("session ended during dispatch; dispatch withdrawn", dispatch_id=dispatch.id)
-        return {"outcome": "withdrawn", "session_id": session_id}
+        return result("withdrawn", session_id=session_id)
     metrics.DISPATCH_OUTCOMES.labels("dispatched").inc()
     log.info("dispatched", dispatch_id=dispatch.id, agent_name=agent_name)
-    return {"outcome": "dispatched", "session_id": session_id, "dispatch_id": dispatch.id}
+    return result("dispatched", session_id=session_id, dispatch_id=dispatch.id)
 
 
 async def _earlier_outcome(c: Context, session_id: str) -> dict[str, Any]:
     """The outcome an earlier run of this job reached for its session."""
-    session = await c.store.get(session_id) or {}
-    if session.get("status") == "failed":
-        reason = session.get("last_error", "")
-        return {"outcome": "failed", "session_id": session_id, "reason": reason}
-    if dispatch_id := session.get("dispatch_id"):
-        return {"outcome": "dispatched", "session_id": session_id, "dispatch_id": dispatch_id}
-    return {"outcome": "duplicate_event", "session_id": session_id}
+    session = await c.store.get(session_id)
+    if session is not None and session.status == SessionStatus.FAILED:
+        reason = session.last_error or ""
+        return result("failed", session_id=session_id, reason=reason)
+    if session is not None and session.dispatch_id:
+        return result("dispatched", session_id=session_id, dispatch_id=session.dispatch_id)
+    return result("duplicate_event", session_id=session_id)
 
 
 async def _fail(
@@ -183,15 +190,14 @@ async def _fail(
     agent_name: str,
     reason: str,
 ) -> dict[str, Any]:
-    await fail_session(
-        c,
+    claimed = Session(
         session_id=session_id,
+        status=SessionStatus.CLAIMED,
         event_id=request.event_id,
         room=request.room,
         agent_name=agent_name,
-        reason=reason,
         generation=generation,
-        event=request.model_dump(mode="json", exclude_none=True),
-        job_id=ctx["job_id"],
     )
-    return {"outcome": "failed", "session_id": session_id, "reason": reason}
+    event = request.model_dump(mode="json", exclude_none=True)
+    await fail_session(c, claimed, reason=reason, event=event, job_id=ctx["job_id"])
+    return result("failed", session_id=session_id, reason=reason)

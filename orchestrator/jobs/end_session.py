@@ -3,7 +3,6 @@ room deleted). A session no agent took yet is closed here, as no agent will repo
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -13,6 +12,8 @@ from orchestrator.errors import describe_validation
 from orchestrator.jobs.context import Context, of
 from orchestrator.jobs.rejections import reject
 from orchestrator.jobs.reports import synthesize_report
+from orchestrator.store.record import LIVE, Session, SessionStatus
+from orchestrator.store.sessions import now_ms
 from tasks.models import EndSessionRequest
 
 log = structlog.get_logger("orchestrator.jobs.end_session")
@@ -27,28 +28,23 @@ async def end_session(ctx: dict[str, Any], request: Any) -> dict[str, Any]:
         reason = describe_validation(exc, "end-session request")
         return await reject(ctx, kind="invalid_event", reason=reason, payload=request)
 
-    if parsed.session_id is not None:
-        session = await c.store.get(parsed.session_id)
-    else:
-        assert parsed.room is not None
-        holder = await c.store.room_holder(parsed.room)
-        session = await c.store.get(holder) if holder else None
-    if session is None or session.get("status") in ("completed", "failed", "lost"):
+    session = await c.store.find_live(session_id=parsed.session_id, room=parsed.room)
+    if session is None:
         return {"outcome": "not_found"}
 
-    session_id, room = session["session_id"], session["room"]
-    agent_took_job = bool(session.get("job_id")) or await _has_agent_job(c, session)
+    session_id, room = session.session_id, session.room
+    agent_took_job = bool(session.job_id) or await _has_agent_job(c, session)
     await c.store.transition(
         session_id,
-        ("claimed", "dispatched", "assigned", "ending"),
-        status="ending",
+        LIVE,
+        status=SessionStatus.ENDING,
         end_reason=parsed.reason,
-        end_requested_at=int(datetime.now(UTC).timestamp() * 1000),
+        end_requested_at=now_ms(),
     )
     if parsed.delete_room:
         await c.livekit.delete_room(room)
-    elif session.get("dispatch_id"):
-        await c.livekit.delete_dispatch(session["dispatch_id"], room)
+    elif session.dispatch_id:
+        await c.livekit.delete_dispatch(session.dispatch_id, room)
     log.info(
         "session end requested", session_id=session_id, room=room, delete_room=parsed.delete_room
     )
@@ -65,11 +61,10 @@ async def end_session(ctx: dict[str, Any], request: Any) -> dict[str, Any]:
     return {"outcome": "ending", "session_id": session_id}
 
 
-async def _has_agent_job(c: Context, session: dict[str, str]) -> bool:
-    dispatch_id = session.get("dispatch_id")
-    if not dispatch_id:
+async def _has_agent_job(c: Context, session: Session) -> bool:
+    if not session.dispatch_id:
         return False
-    for dispatch in await c.livekit.room_dispatches(session["room"]):
-        if dispatch.id == dispatch_id:
+    for dispatch in await c.livekit.room_dispatches(session.room):
+        if dispatch.id == session.dispatch_id:
             return bool(dispatch.state.jobs)
     return False

@@ -44,7 +44,7 @@ from orchestrator.jobs.context import Context, of
 from orchestrator.jobs.reports import fail_session, synthesize_report
 from orchestrator.store import queries
 from orchestrator.store.connections import UNREACHABLE
-from orchestrator.store.record import TERMINAL
+from orchestrator.store.record import Session, SessionStatus
 from orchestrator.store.sessions import Lease, now_ms
 from tasks import heartbeat, keys
 from tasks.connection import text
@@ -126,22 +126,18 @@ async def _reconcile_page(
 
 async def _read_sessions(
     c: Context, session_ids: list[str]
-) -> list[tuple[dict[str, str] | None, int | None]]:
+) -> list[tuple[Session | None, int | None]]:
     """Each session's record (None when gone) and its agent's last heartbeat, in one trip."""
     return [
         (session, heartbeat.beat_ms(beat)) for session, beat in await c.store.read_live(session_ids)
     ]
 
 
-def _ms(session: dict[str, str], field: str) -> int:
-    return int(session.get(field) or 0)
-
-
-def _agent_took_job(session: dict[str, str], last_beat: int | None) -> bool:
+def _agent_took_job(session: Session, last_beat: int | None) -> bool:
     return (
         last_beat is not None
-        or session.get("status") == "assigned"
-        or bool(session.get("job_id") or session.get("assigned_at"))
+        or session.status == SessionStatus.ASSIGNED
+        or bool(session.job_id or session.assigned_at)
     )
 
 
@@ -150,22 +146,22 @@ async def _reconcile_one(
     c: Context,
     evidence: Evidence,
     session_id: str,
-    session: dict[str, str] | None,
+    session: Session | None,
     last_beat: int | None,
 ) -> str | None:
-    if session is None or session.get("status") in TERMINAL:
+    if session is None or session.terminal:
         await c.store.forget(session_id)
         return None
-    status, now = session.get("status", ""), evidence.now
+    status, now = session.status, evidence.now
     grace_ms = c.settings.report_grace_s * 1000
 
     def silent_for(since_ms: int) -> int:
         """How long nothing was heard since `since_ms`, not counting a Redis outage."""
         return now - max(since_ms, evidence.quiet_since)
 
-    if status == "claimed":
+    if status == SessionStatus.CLAIMED:
         return await _stale_claim(ctx, c, session, now)
-    if status == "dispatched":
+    if status == SessionStatus.DISPATCHED:
         await _ensure_confirmation(c, session, now)
     if session_id in evidence.held:
         return None  # a live agent worker of ours holds it, starting or running
@@ -183,7 +179,7 @@ async def _reconcile_one(
             "shutdown code (killed, out of memory?) or its worker is gone",
         )
 
-    gone_since = _ms(session, "gone_since")
+    gone_since = session.gone_since
     if took and gone_since and silent_for(gone_since) > grace_ms:
         return await _lost(
             c,
@@ -193,7 +189,7 @@ async def _reconcile_one(
             f"{c.settings.report_grace_s:g} s",
         )
 
-    assigned_at = _ms(session, "assigned_at")
+    assigned_at = session.assigned_at
     if c.settings.agent_heartbeats and assigned_at and silent_for(assigned_at) > grace_ms:
         return await _lost(
             c,
@@ -203,11 +199,11 @@ async def _reconcile_one(
             "start-up, or its worker is gone",
         )
 
-    if status == "ending" and not took:
-        requested = _ms(session, "end_requested_at") or _ms(session, "claimed_at")
+    if status == SessionStatus.ENDING and not took:
+        requested = session.end_requested_at or session.claimed_at or 0
         if silent_for(requested) > grace_ms:
             # end_session stopped before closing a session no agent had taken.
-            reason = session.get("end_reason") or "ended by request"
+            reason = session.end_reason or "ended by request"
             await synthesize_report(
                 c,
                 session,
@@ -220,72 +216,70 @@ async def _reconcile_one(
 
     # An agent that sends no heartbeats (not ours): its dispatch vanishing from LiveKit is
     # the only sign it is gone.
-    started = _ms(session, "dispatched_at") or _ms(session, "claimed_at") or now
+    started = session.dispatched_at or session.claimed_at or now
     if (
         not took
         or gone_since
         or now - started <= c.settings.assignment_check_delay_s * 1000 + grace_ms
     ):
         return None
-    if await c.livekit.session_dispatch(session["room"], session_id) is None:
+    if await c.livekit.session_dispatch(session.room, session_id) is None:
         await c.store.transition(session_id, (status,), gone_since=now)
     return None
 
 
-def next_check_ms(
-    c: Context, evidence: Evidence, session: dict[str, str], last_beat: int | None
-) -> int:
+def next_check_ms(c: Context, evidence: Evidence, session: Session, last_beat: int | None) -> int:
     """When reconciliation should next look at a live session (unix ms): the earliest time
     a rule of `_reconcile_one` could apply to what it is now, at the latest
     `session_check_every_s` from now."""
     s = c.settings
     now = evidence.now
     grace_ms = int(s.report_grace_s * 1000)
-    status = session.get("status")
+    status = session.status
     times = [now + max(1, int(s.session_check_every_s * 1000))]
 
     def after_grace(since_ms: int) -> int:
         return max(since_ms, evidence.quiet_since) + grace_ms
 
-    if status == "claimed":
-        times.append(_ms(session, "claimed_at") + int(s.claim_stale_s * 1000))
+    if status == SessionStatus.CLAIMED:
+        times.append((session.claimed_at or 0) + int(s.claim_stale_s * 1000))
     else:
-        if status == "dispatched":
+        if status == SessionStatus.DISPATCHED:
             times.append(_confirmation_due(c, session, now))
-        if gone_since := _ms(session, "gone_since"):
-            times.append(after_grace(gone_since))
+        if session.gone_since:
+            times.append(after_grace(session.gone_since))
         if last_beat is not None:
             times.append(after_grace(last_beat))
-        if s.agent_heartbeats and (assigned_at := _ms(session, "assigned_at")):
-            times.append(after_grace(assigned_at))
-        if status == "ending":
-            times.append(after_grace(_ms(session, "end_requested_at")))
-        started = _ms(session, "dispatched_at") or _ms(session, "claimed_at") or now
+        if s.agent_heartbeats and session.assigned_at:
+            times.append(after_grace(session.assigned_at))
+        if status == SessionStatus.ENDING:
+            times.append(after_grace(session.end_requested_at or 0))
+        started = session.dispatched_at or session.claimed_at or now
         times.append(started + int(s.assignment_check_delay_s * 1000) + grace_ms)
     return min(t for t in times if t > now)
 
 
-def _confirmation_due(c: Context, session: dict[str, str], now: int) -> int:
+def _confirmation_due(c: Context, session: Session, now: int) -> int:
     """When a dispatch's assignment check is overdue (its confirm job lost in a crash)."""
-    attempts = max(1, _ms(session, "attempts") or 1)
-    return (_ms(session, "dispatched_at") or now) + int(
+    attempts = max(1, session.attempts)
+    return (session.dispatched_at or now) + int(
         (c.settings.assignment_check_delay_s * 2**attempts + c.settings.report_grace_s) * 1000
     )
 
 
-async def _ensure_confirmation(c: Context, session: dict[str, str], now: int) -> None:
+async def _ensure_confirmation(c: Context, session: Session, now: int) -> None:
     """A dispatch whose assignment check is overdue and neither queued nor running (its job
     was lost, or failed for good) gets a new check, under a new job id."""
     if now < _confirmation_due(c, session, now):
         return
-    session_id, dispatch_id = session["session_id"], session.get("dispatch_id", "")
-    pending = session.get("confirm_job") or keys.confirm_job_id(session_id, dispatch_id)
+    session_id, dispatch_id = session.session_id, session.dispatch_id or ""
+    pending = session.confirm_job or keys.confirm_job_id(session_id, dispatch_id)
     if await c.redis.exists(keys.ARQ_JOB_PREFIX + pending):
         return  # queued or running: it will come
     job_id = f"{keys.confirm_job_id(session_id, dispatch_id)}:w{now}"
-    attempts = max(1, _ms(session, "attempts") or 1)
+    attempts = max(1, session.attempts)
     if await c.store.transition(
-        session_id, ("dispatched",), having_dispatch=dispatch_id, confirm_job=job_id
+        session_id, (SessionStatus.DISPATCHED,), having_dispatch=dispatch_id, confirm_job=job_id
     ):
         await enqueue_job(
             c.redis, keys.CONFIRM_ASSIGNMENT, session_id, dispatch_id, attempts, job_id=job_id
@@ -293,27 +287,25 @@ async def _ensure_confirmation(c: Context, session: dict[str, str], now: int) ->
         log.warning("assignment check overdue: queued it again", session_id=session_id)
 
 
-async def _lost(c: Context, session: dict[str, str], reason: str) -> str | None:
+async def _lost(c: Context, session: Session, reason: str) -> str | None:
     """File the session's `lost` report, unless its agent's own report is already queued: a
     session that ended stops its heartbeat, and its report may wait in the queue for longer
     than the grace (the worker that took it was killed: arq runs it again later)."""
     if await _report_queued(c, session):
         return None
-    if session.get("dispatch_id"):
-        await c.livekit.delete_dispatch(session["dispatch_id"], session["room"])
+    if session.dispatch_id:
+        await c.livekit.delete_dispatch(session.dispatch_id, session.room)
     filed = await synthesize_report(
         c, session, status="lost", reason=reason, end_reason="agent_lost"
     )
     if filed:
-        log.warning(
-            "session lost", session_id=session["session_id"], room=session["room"], reason=reason
-        )
+        log.warning("session lost", session_id=session.session_id, room=session.room, reason=reason)
     return "lost" if filed else None
 
 
-async def _report_queued(c: Context, session: dict[str, str]) -> bool:
-    session_id = session["session_id"]
-    job_id = session.get("job_id")
+async def _report_queued(c: Context, session: Session) -> bool:
+    session_id = session.session_id
+    job_id = session.job_id
     if not job_id:
         taken = await heartbeat.agent_job(c.redis, session_id)
         job_id = taken.job_id if taken is not None else None
@@ -322,23 +314,21 @@ async def _report_queued(c: Context, session: dict[str, str]) -> bool:
     return report is not None and bool(await c.redis.exists(keys.ARQ_JOB_PREFIX + report))
 
 
-async def _stale_claim(
-    ctx: dict[str, Any], c: Context, session: dict[str, str], now: int
-) -> str | None:
+async def _stale_claim(ctx: dict[str, Any], c: Context, session: Session, now: int) -> str | None:
     """A session still `claimed` long after its claim: its dispatch job died for good (arq
     gave up on it). Adopt a dispatch it made, or fail it so the room is free again."""
-    if now - (_ms(session, "claimed_at") or now) <= c.settings.claim_stale_s * 1000:
+    if now - (session.claimed_at or now) <= c.settings.claim_stale_s * 1000:
         return None
-    session_id, event_id = session["session_id"], session.get("event_id", "")
-    dispatch_job = session.get("dispatch_job") or keys.dispatch_job_id(event_id)
+    session_id, event_id = session.session_id, session.event_id
+    dispatch_job = session.dispatch_job or keys.dispatch_job_id(event_id)
     if await c.redis.exists(keys.ARQ_JOB_PREFIX + dispatch_job):
         return None  # arq still holds the job and will run it again
     lease = Lease(token=f"reconcile#{now}", ttl_ms=int((c.settings.job_timeout_s + 2) * 1000))
-    answer, _ = await c.store.take_lease(session_id, lease, status="claimed")
+    answer, _ = await c.store.take_lease(session_id, lease, status=SessionStatus.CLAIMED)
     if answer != "ok":
         return None  # a run of the dispatch job is at it after all
     async with c.store.holding(session_id, lease):
-        dispatch = await c.livekit.session_dispatch(session["room"], session_id)
+        dispatch = await c.livekit.session_dispatch(session.room, session_id)
         if dispatch is not None:
             payload = await c.redis.get(keys.session_payload_key(session_id))
             await c.store.mark_dispatched(
@@ -353,14 +343,10 @@ async def _stale_claim(
             return "adopted"
     await fail_session(
         c,
-        session_id=session_id,
-        event_id=event_id,
-        room=session["room"],
-        agent_name=session.get("agent_name", ""),
-        generation=int(session.get("generation") or 0),
+        session,
         reason=f"the dispatch job for this event stopped after claiming the room and never "
-        f"dispatched (last error: {session.get('last_error') or 'none recorded'})",
-        event={"event_id": event_id, "room": session["room"]},
+        f"dispatched (last error: {session.last_error or 'none recorded'})",
+        event={"event_id": event_id, "room": session.room},
         job_id=str(ctx.get("job_id", "reconcile")),
     )
     return "failed"

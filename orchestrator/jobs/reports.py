@@ -14,15 +14,16 @@ from orchestrator.errors import describe_validation
 from orchestrator.jobs.context import Context, of
 from orchestrator.jobs.rejections import reject
 from orchestrator.store import dead_letters
+from orchestrator.store.record import Session
 from orchestrator.store.sessions import Filing
 from tasks import keys
-from tasks.models import SessionReport, SessionStatus
+from tasks.models import ReportStatus, SessionReport
 
 log = structlog.get_logger("orchestrator.jobs.reports")
 
 
-def _ms_to_dt(value: str | None) -> datetime | None:
-    return datetime.fromtimestamp(int(value) / 1000, UTC) if value else None
+def _ms_to_dt(value: int | None) -> datetime | None:
+    return datetime.fromtimestamp(value / 1000, UTC) if value else None
 
 
 async def file_report(c: Context, report: SessionReport) -> Filing:
@@ -59,20 +60,20 @@ async def file_report(c: Context, report: SessionReport) -> Filing:
 
 
 async def synthesize_report(
-    c: Context, session: dict[str, str], *, status: SessionStatus, reason: str, end_reason: str
+    c: Context, session: Session, *, status: ReportStatus, reason: str, end_reason: str
 ) -> bool:
     """File a report on the agent's behalf, from what the session record knows."""
-    started = _ms_to_dt(session.get("assigned_at") or session.get("dispatched_at"))
+    started = _ms_to_dt(session.assigned_at or session.dispatched_at)
     ended = datetime.now(UTC)
     report = SessionReport(
-        session_id=session["session_id"],
-        event_id=session.get("event_id", ""),
-        room=session.get("room", ""),
+        session_id=session.session_id,
+        event_id=session.event_id,
+        room=session.room,
         status=status,
-        agent_name=session.get("agent_name") or None,
-        dispatch_id=session.get("dispatch_id") or None,
-        job_id=session.get("job_id") or None,
-        worker_id=session.get("worker_id") or None,
+        agent_name=session.agent_name or None,
+        dispatch_id=session.dispatch_id,
+        job_id=session.job_id,
+        worker_id=session.worker_id,
         started_at=started,
         ended_at=ended,
         duration_s=(ended - started).total_seconds() if started else None,
@@ -84,36 +85,27 @@ async def synthesize_report(
 
 
 async def fail_session(
-    c: Context,
-    *,
-    session_id: str,
-    event_id: str,
-    room: str,
-    agent_name: str,
-    reason: str,
-    generation: int,
-    event: dict[str, Any],
-    job_id: str,
+    c: Context, session: Session, *, reason: str, event: dict[str, Any], job_id: str
 ) -> None:
-    """A dispatch that will not happen: failed report (which frees the room), dead letter."""
-    session = await c.store.get(session_id) or {}
-    session.update(session_id=session_id, event_id=event_id, room=room, agent_name=agent_name)
+    """A dispatch that will not happen: failed report (which frees the room), and a dead letter
+    that replays `event` (the job `job_id` gave up)."""
+    session = await c.store.get(session.session_id) or session  # what it holds by now
     await synthesize_report(
         c, session, status="failed", reason=reason, end_reason="dispatch_failed"
     )
-    await c.store.record_event(event_id, "failed", overwrite=True)
+    await c.store.record_event(session.event_id, "failed", overwrite=True)
     entry = await dead_letters.add(
         c.redis,
         kind="failed_dispatch",
         reason=reason,
         job_id=job_id,
         payload=event,
-        event_id=event_id,
-        session_id=session_id,
-        generation=generation,
+        event_id=session.event_id,
+        session_id=session.session_id,
+        generation=session.generation,
     )
     metrics.DISPATCH_OUTCOMES.labels("failed").inc()
-    log.error("dispatch failed", session_id=session_id, reason=reason, dead_letter=entry)
+    log.error("dispatch failed", session_id=session.session_id, reason=reason, dead_letter=entry)
 
 
 async def session_report(ctx: dict[str, Any], report: Any) -> dict[str, Any]:

@@ -1,47 +1,52 @@
-"""Read-only views of sessions and queues, shared by the HTTP API, the dashboard and the CLI."""
+"""The one read path for sessions and queues: the jobs, the HTTP API, the dashboard and the CLI
+read session records through here, as `Session` records."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from redis.asyncio import Redis
 
+from orchestrator.store.record import Session
 from tasks import keys
 from tasks.connection import text
 
-SESSION_STATUSES = ("claimed", "dispatched", "assigned", "ending", "completed", "failed", "lost")
-_INT_FIELDS = (
-    "enqueued_at", "claimed_at", "dispatched_at", "assigned_at", "ended_at", "end_requested_at",
-    "attempts", "generation",
-)  # fmt: skip
+LIVE_PAGE = 200
+"""Live sessions read in one round trip (the dashboard shows this many)."""
 
 
-def session_view(raw: dict[Any, Any]) -> dict[str, Any]:
-    """A session record as JSON-able fields, with times in unix ms and its age."""
-    view: dict[str, Any] = {text(k): text(v) for k, v in raw.items()}
-    for name in _INT_FIELDS:
-        if view.get(name):
-            view[name] = int(view[name])
-        else:
-            view.pop(name, None)
-    created = view.get("claimed_at")
-    if created:
-        view["age_s"] = round(time.time() - created / 1000, 3)
-    if view.get("enqueued_at") and view.get("dispatched_at"):
-        view["time_to_dispatch_ms"] = view["dispatched_at"] - view["enqueued_at"]
-    return view
-
-
-async def get_session(redis: Redis, session_id: str) -> dict[str, Any] | None:
+async def get_session(redis: Redis, session_id: str) -> Session | None:
     raw = await redis.hgetall(keys.session_key(session_id))  # type: ignore[misc]
-    return session_view(raw) if raw else None
+    return Session.parse(raw)
 
 
-async def session_by_room(redis: Redis, room: str) -> dict[str, Any] | None:
-    """The room's newest session."""
+async def newest_in_room(redis: Redis, room: str) -> Session | None:
+    """The room's newest session, live or not."""
     ids = await redis.zrevrange(keys.room_sessions_key(room), 0, 0)
     return await get_session(redis, text(ids[0])) if ids else None
+
+
+async def find_live(
+    redis: Redis, *, session_id: str | None = None, room: str | None = None
+) -> Session | None:
+    """The live session with this id, or the one holding this room's claim."""
+    if session_id is None:
+        assert room is not None, "find_live needs a session_id or a room"
+        holder = await redis.get(keys.room_claim_key(room))
+        if holder is None:
+            return None
+        session_id = text(holder)
+    session = await get_session(redis, session_id)
+    return session if session is not None and session.live else None
+
+
+async def _read(redis: Redis, session_ids: list[bytes | str]) -> list[Session]:
+    """Records in one round trip, those still there."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for sid in session_ids:
+            pipe.hgetall(keys.session_key(text(sid)))
+        rows = await pipe.execute()
+    return [session for raw in rows if (session := Session.parse(raw)) is not None]
 
 
 async def list_sessions(
@@ -52,11 +57,11 @@ async def list_sessions(
     since_ms: int | None = None,
     until_ms: int | None = None,
     limit: int = 50,
-) -> list[dict[str, Any]]:
+) -> list[Session]:
     """Newest first; filtered by status, agent name and creation time."""
     top = "+inf" if until_ms is None else until_ms
     bottom = "-inf" if since_ms is None else since_ms
-    found: list[dict[str, Any]] = []
+    found: list[Session] = []
     offset, page = 0, max(limit * 4, 100)
     while len(found) < limit:
         ids = await redis.zrevrangebyscore(
@@ -65,29 +70,26 @@ async def list_sessions(
         if not ids:
             break
         offset += len(ids)
-        async with redis.pipeline(transaction=False) as pipe:
-            for sid in ids:
-                pipe.hgetall(keys.session_key(text(sid)))
-            rows = await pipe.execute()
-        for raw in rows:
-            if not raw:
+        for session in await _read(redis, ids):
+            if status and session.status != status:
                 continue
-            view = session_view(raw)
-            if status and view.get("status") != status:
+            if agent_name and session.agent_name != agent_name:
                 continue
-            if agent_name and view.get("agent_name") != agent_name:
-                continue
-            found.append(view)
+            found.append(session)
             if len(found) == limit:
                 break
     return found
 
 
-async def live_sessions(redis: Redis) -> list[dict[str, Any]]:
-    """Sessions not yet terminal, oldest first."""
-    ids = await redis.zrange(keys.LIVE_SESSIONS, 0, -1)
-    views = [await get_session(redis, text(sid)) for sid in ids]
-    return [v for v in views if v]
+async def live_sessions(redis: Redis, *, limit: int = LIVE_PAGE) -> tuple[list[Session], int]:
+    """The oldest `limit` sessions not yet terminal, and how many are live in all: two round
+    trips, however many there are."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zrange(keys.LIVE_SESSIONS, 0, limit - 1)
+        pipe.zcard(keys.LIVE_SESSIONS)
+        ids, total = await pipe.execute()
+    sessions = [s for s in await _read(redis, ids) if s.live]
+    return sessions, int(total)
 
 
 async def queue_depth(redis: Redis) -> int:

@@ -10,15 +10,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from orchestrator.store import lua
+from orchestrator.store import lua, queries
 from orchestrator.store.connections import UNREACHABLE
+from orchestrator.store.record import Session, SessionStatus
 from orchestrator.store.script_pipe import ScriptPipe
 from tasks import keys
 from tasks.connection import text
@@ -150,14 +151,14 @@ class SessionStore:
     async def transition(
         self,
         session_id: str,
-        expected: tuple[str, ...],
+        expected: Collection[SessionStatus],
         *,
         having_dispatch: str = "",
         **fields: Any,
     ) -> bool:
         """Set fields only while the session is in one of `expected` (and, when given, still
         has the dispatch `having_dispatch`); False otherwise."""
-        args: list[Any] = [",".join(expected), having_dispatch]
+        args: list[Any] = [",".join(sorted(expected)), having_dispatch]
         for name, value in fields.items():
             args += [name, "" if value is None else value]
         return bool(
@@ -286,9 +287,7 @@ class SessionStore:
                 await self.release_lease(session_id, lease)
             raise
 
-    async def read_live(
-        self, session_ids: list[str]
-    ) -> list[tuple[dict[str, str] | None, bytes | None]]:
+    async def read_live(self, session_ids: list[str]) -> list[tuple[Session | None, bytes | None]]:
         """Each session's record (None when gone) and its agent's last heartbeat value."""
         if not session_ids:
             return []
@@ -300,7 +299,7 @@ class SessionStore:
             ],
             args=[],
         )
-        return [(_fields(flat) if flat else None, beat) for flat, beat in replies]
+        return [(Session.parse(_fields(flat)), beat) for flat, beat in replies]
 
     async def free_orphan_claims(self, claim_keys: list[str]) -> int:
         """Of these room claim keys, delete those whose session is terminal or gone."""
@@ -312,14 +311,14 @@ class SessionStore:
             )
         )
 
-    async def get(self, session_id: str) -> dict[str, str] | None:
-        raw = await self.redis.hgetall(keys.session_key(session_id))  # type: ignore[misc]
-        return {text(k): text(v) for k, v in raw.items()} if raw else None
+    async def get(self, session_id: str) -> Session | None:
+        return await queries.get_session(self.redis, session_id)
 
-    async def by_room(self, room: str) -> dict[str, str] | None:
-        """The room's newest session."""
-        ids = await self.redis.zrevrange(keys.room_sessions_key(room), 0, 0)
-        return await self.get(text(ids[0])) if ids else None
+    async def find_live(
+        self, *, session_id: str | None = None, room: str | None = None
+    ) -> Session | None:
+        """The live session with this id, or the one holding this room's claim."""
+        return await queries.find_live(self.redis, session_id=session_id, room=room)
 
     async def recorded_dispatch(self, session_id: str) -> str | None:
         """The dispatch id the session's record holds, if any."""
@@ -333,9 +332,9 @@ class SessionStore:
     async def due_sessions(self, now: int) -> list[str]:
         """Live sessions reconciliation should look at by `now` (unix ms), most overdue first.
 
-        On this store's first call, live sessions without a schedule (claimed by a version
-        before it) join it, due at once: once, since it blocks Redis for a while on a big set,
-        and every claim since schedules its session."""
+        On this store's first call, live sessions missing from the schedule (it was lost, or
+        restored from an older copy than the live set) join it, due at once: once only, since
+        it blocks Redis for a while on a big set, and every claim schedules its session."""
         if not self._schedule_complete:
             await self.redis.zunionstore(
                 keys.RECONCILE_DUE,
@@ -358,9 +357,9 @@ class SessionStore:
             pipe.zrem(keys.RECONCILE_DUE, session_id)
             await pipe.execute()
 
-    async def live_sessions(self, older_than_ms: int | None = None) -> list[str]:
-        top = "+inf" if older_than_ms is None else older_than_ms
-        return [text(s) for s in await self.redis.zrangebyscore(keys.LIVE_SESSIONS, "-inf", top)]
+    async def aclose(self) -> None:
+        """Close the store's script connection (before closing `redis`)."""
+        await self.scripts.aclose()
 
 
 def _fields(flat: list[bytes]) -> dict[str, str]:

@@ -1,14 +1,17 @@
 """The README cannot drift from the code: its configuration table lists exactly the variables
 the settings classes read, with their defaults; the Redis names it documents are the ones in
-`tasks.keys`; its command table covers every command of the command line."""
+`tasks.keys`; the dispatch outcomes it lists are `tasks.models.DispatchOutcome`; its command
+table covers every command of the command line."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import get_args
 
 from orchestrator.cli.app import build_parser
 from tasks import keys
+from tasks.models import DispatchOutcome
 from tasks.producer import ENQUEUE_SCRIPT
 from tests.support.settings_env import variables
 
@@ -58,3 +61,12 @@ def test_every_command_is_documented() -> None:
     commands = set(subparsers.choices)  # type: ignore[arg-type]
     documented = {row[0].strip("`").split()[0] for row in table_rows(section("The command line"))}
     assert commands == documented
+
+
+def test_the_documented_dispatch_outcomes_are_the_codes() -> None:
+    producing = section("Producing events")
+    start = producing.index("The outcome (the job's result) is one of")
+    paragraph = producing[start : producing.index("\n\n", start)]
+    without_asides = re.sub(r"\([^)]*\)", "", paragraph)
+    documented = re.findall(r"`([a-z_]+)`", without_asides)
+    assert sorted(documented) == sorted(get_args(DispatchOutcome))

@@ -278,7 +278,7 @@ async def test_failures_answer_json_without_a_stack_trace(
     status, body = await call(client, "GET", "/v1/sessions/S_x")
     assert (status, body["error"]) == (503, "redis_unavailable")
 
-    monkeypatch.setattr(queries, "session_by_room", bug)
+    monkeypatch.setattr(queries, "newest_in_room", bug)
     status, body = await call(client, "GET", "/v1/rooms/r/session")
     assert status == 500
     assert body == {"error": "internal", "reason": "internal error: see the service's log"}

@@ -19,8 +19,9 @@ from livekit.protocol import models, webhook
 from livekit_sim import LiveKitSim
 from livekit_sim.webhooks import encode_event, sign_body
 from orchestrator.demo.local_redis import LocalRedis
-from orchestrator.http.webhooks import _why_not, is_session_agent
+from orchestrator.http.webhooks import is_session_agent, why_not
 from orchestrator.settings import Settings
+from orchestrator.store.record import Session, SessionStatus
 from tasks import enqueue_session_report, recent_results
 from tests.http.conftest import API_KEY, API_SECRET, make_settings
 from tests.http.test_api import call, session_in
@@ -188,29 +189,35 @@ def participant(identity: str, kind: int = models.ParticipantInfo.Kind.STANDARD)
 AGENT = models.ParticipantInfo.Kind.AGENT
 
 
+def held(status: SessionStatus = SessionStatus.ASSIGNED, **fields: Any) -> Session:
+    return Session(session_id="S_1", status=status, **fields)
+
+
 @pytest.mark.parametrize(
     ("session", "who", "expected"),
     [
-        ({"job_id": "AJ_1"}, participant("agent-AJ_1"), True),
-        ({"job_id": "AJ_1"}, participant("agent-AJ_1", AGENT), True),
-        ({"job_id": "AJ_1"}, participant("agent-AJ_2", AGENT), False),  # another job's agent
-        ({"job_id": "AJ_1"}, participant("my-bot", AGENT), True),  # custom identity
-        ({}, participant("agent-AJ_9", AGENT), True),  # job not confirmed yet
-        ({}, participant("caller"), False),
+        (held(job_id="AJ_1"), participant("agent-S_1", AGENT), True),  # ours: agent-<session>
+        (held(job_id="AJ_1"), participant("agent-AJ_1"), True),
+        (held(job_id="AJ_1"), participant("agent-AJ_1", AGENT), True),
+        (held(job_id="AJ_1"), participant("agent-AJ_2", AGENT), False),  # another job's agent
+        (held(job_id="AJ_1"), participant("my-bot", AGENT), True),  # custom identity
+        (held(), participant("agent-AJ_9", AGENT), True),  # job not confirmed yet
+        (held(), participant("caller"), False),
     ],
 )
 def test_which_participant_is_the_sessions_agent(
-    session: dict[str, str], who: Any, expected: bool
+    session: Session, who: Any, expected: bool
 ) -> None:
     assert is_session_agent(session, who) is expected
 
 
 def test_a_room_that_closed_before_the_dispatch_does_not_end_it() -> None:
     now_s = int(time.time())
-    live = {"status": "dispatched", "dispatched_at": str((now_s + 5) * 1000)}
     event = webhook.WebhookEvent(event="room_finished", created_at=now_s)
-    assert _why_not(live, event) == "room_closed_before_dispatch"
-    live["dispatched_at"] = str((now_s - 5) * 1000)
-    assert _why_not(live, event) is None
-    assert _why_not({"status": "claimed"}, event) == "not_dispatched_yet"
-    assert _why_not({"status": "lost", "dispatched_at": "1"}, event) == "no_live_session"
+    dispatched = SessionStatus.DISPATCHED
+    assert why_not(held(dispatched, dispatched_at=(now_s + 5) * 1000), event) == (
+        "room_closed_before_dispatch"
+    )
+    assert why_not(held(dispatched, dispatched_at=(now_s - 5) * 1000), event) is None
+    assert why_not(held(SessionStatus.CLAIMED), event) == "not_dispatched_yet"
+    assert why_not(held(SessionStatus.LOST, dispatched_at=1), event) == "no_live_session"

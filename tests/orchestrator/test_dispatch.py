@@ -18,6 +18,7 @@ from orchestrator.demo.local_redis import LocalRedis
 from orchestrator.jobs import dispatch
 from orchestrator.settings import Settings
 from orchestrator.store import dead_letters
+from orchestrator.store.record import Session
 from orchestrator.store.sessions import Claim, SessionStore
 from tasks import DispatchRequest, enqueue_dispatch, recent_results, session_id_for
 from tasks.heartbeat import AgentJob, beat
@@ -68,8 +69,8 @@ async def test_event_becomes_one_dispatch_with_its_metadata(
     assert meta["metadata"] == {"user_id": "u1", "user_name": "Ada", "user_phone": "+15550100"}
     session = await store(arq_redis).get(result["session_id"])
     assert session is not None
-    assert session["status"] == "dispatched"
-    assert session["dispatch_id"] == dispatch.id
+    assert session.status == "dispatched"
+    assert session.dispatch_id == dispatch.id
     assert await store(arq_redis).room_holder("support-42") == result["session_id"]
 
 
@@ -252,13 +253,13 @@ async def test_assignment_is_confirmed_when_a_worker_takes_the_job(
     job = await enqueue_dispatch(arq_redis, DispatchRequest(event_id="e-ok", room="r-ok"))
     session_id = (await job_result(arq_redis, job.job_id))["session_id"]
 
-    async def assigned() -> dict[str, str] | None:
+    async def assigned() -> Session | None:
         session = await store(arq_redis).get(session_id)
-        return session if session and session["status"] == "assigned" else None
+        return session if session and session.status == "assigned" else None
 
     session = await eventually(assigned, what="assignment confirmed")
     [taken] = agent_worker.jobs
-    assert session["job_id"] == taken.id
+    assert session.job_id == taken.id
     assert json.loads(taken.metadata)["session_id"] == session_id
     assert len(sim.calls_to(CREATE)) == 1
 
@@ -292,20 +293,20 @@ async def test_assignment_is_confirmed_by_the_agents_word_without_asking_livekit
     said_dispatch = result["dispatch_id"] if names == "this dispatch" else "AD_earlier"
     await beat(arq_redis, session_id, AgentJob(said_dispatch, "AJ_said", "AW_said"))
 
-    async def assigned() -> dict[str, str] | None:
+    async def assigned() -> Session | None:
         session = await store(arq_redis).get(session_id)
-        return session if session and session["status"] == "assigned" else None
+        return session if session and session.status == "assigned" else None
 
     session = await eventually(assigned, what="assignment confirmed")
     asked = [c for c in sim.calls_to("AgentDispatchService/ListDispatch") if c.room == "r-said"]
     listed_rooms = [c for c in sim.calls_to("RoomService/ListRooms") if c.at_ns > dispatched_ns]
     if names == "this dispatch" and heartbeats:
-        assert (session["job_id"], session["worker_id"]) == ("AJ_said", "AW_said")
+        assert (session.job_id, session.worker_id) == ("AJ_said", "AW_said")
         assert asked == []
         assert listed_rooms == []
     else:  # not a word about this dispatch, or agents said to send none: LiveKit tells
         [taken] = agent_worker.jobs
-        assert session["job_id"] == taken.id
+        assert session.job_id == taken.id
         assert len(asked) == 1
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from arq import ArqRedis
 
 from livekit_sim import LiveKitSim
+from orchestrator.store.record import Session
 from orchestrator.store.sessions import SessionStore
 from tasks import DispatchRequest, enqueue_dispatch
 from tests.orchestrator.conftest import Spawn, results, worker_checked_in
@@ -72,8 +73,8 @@ async def test_worker_killed_after_create_dispatch_is_adopted_on_retry(
         outcome["session_id"]
     )
     assert session is not None
-    assert session["status"] == "dispatched"
-    assert session["dispatch_id"] == dispatch.id
+    assert session.status == "dispatched"
+    assert session.dispatch_id == dispatch.id
 
 
 async def test_worker_killed_while_dispatching_again_leaves_one_dispatch_for_the_session(
@@ -100,14 +101,14 @@ async def test_worker_killed_while_dispatching_again_leaves_one_dispatch_for_the
     spawn_worker(LKD_ASSIGNMENT_CHECK_DELAY_S="0.5")  # runs the check again after its expiry
     store = SessionStore(arq_redis, retention_s=60, event_retention_s=60)
 
-    async def assigned() -> dict[str, str] | None:
+    async def assigned() -> Session | None:
         session = await store.get(session_id)
-        return session if session and session["status"] == "assigned" else None
+        return session if session and session.status == "assigned" else None
 
     session = await eventually(assigned, timeout_s=40, what="the session assigned")
     [made] = ours(sim, "r-redo")
     assert made.id != dropped
-    assert session["dispatch_id"] == made.id  # adopted, not made a third time
+    assert session.dispatch_id == made.id  # adopted, not made a third time
     assert len(sim.calls_to(CREATE)) == 2
     assert [job.dispatch_id for job in agent_worker.jobs] == [made.id]
 

@@ -16,6 +16,7 @@ from orchestrator.demo.local_redis import LocalRedis
 from orchestrator.jobs.dispatch import dispatch_agent
 from orchestrator.jobs.retries import as_arq_job
 from orchestrator.store import dead_letters
+from orchestrator.store.record import Session
 from orchestrator.store.sessions import now_ms
 from tasks import DispatchRequest, enqueue_dispatch, recent_results, session_id_for
 from tasks.keys import ARQ_JOB_PREFIX, ARQ_RESULT_PREFIX, QUEUE_NAME, confirm_job_id
@@ -148,11 +149,11 @@ async def test_a_dispatch_again_whose_answer_is_lost_is_found_and_kept(
     session = await eventually(lambda: assigned(arq_redis, sid), what="the session assigned")
     [made] = session_dispatches(sim, "r-la", sid)
     assert made.id != first["dispatch_id"]
-    assert session["dispatch_id"] == made.id
+    assert session.dispatch_id == made.id
     assert [c.code for c in sim.calls_to(CREATE)] == ["ok", "lost_answer"]
     assert [j.dispatch_id for j in agent_worker.jobs] == [made.id]
 
 
-async def assigned(redis: ArqRedis, session_id: str) -> dict[str, str] | None:
+async def assigned(redis: ArqRedis, session_id: str) -> Session | None:
     session = await store(redis).get(session_id)
-    return session if session and session["status"] == "assigned" else None
+    return session if session and session.status == "assigned" else None

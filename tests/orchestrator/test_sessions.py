@@ -10,6 +10,7 @@ from arq.worker import Worker
 
 from livekit_sim import LiveKitSim
 from orchestrator.demo.local_redis import LocalRedis
+from orchestrator.store.record import Session
 from orchestrator.store.sessions import Lease, SessionStore
 from tasks import (
     DispatchRequest,
@@ -39,9 +40,9 @@ async def dispatched(redis: ArqRedis, event_id: str, room: str) -> dict[str, Any
     return result
 
 
-async def status_is(redis: ArqRedis, session_id: str, *statuses: str) -> dict[str, str] | None:
+async def status_is(redis: ArqRedis, session_id: str, *statuses: str) -> Session | None:
     session = await store(redis).get(session_id)
-    return session if session and session["status"] in statuses else None
+    return session if session and session.status in statuses else None
 
 
 def agent_report(session_id: str, room: str, **fields: Any) -> SessionReport:
@@ -132,7 +133,7 @@ async def test_end_session_before_any_agent_joined_closes_it_at_once(
     sid = (await dispatched(arq_redis, "e-early", "r-early"))["session_id"]
     await enqueue_end_session(arq_redis, EndSessionRequest(session_id=sid))
     session = await eventually(lambda: status_is(arq_redis, sid, "completed"), what="closed")
-    assert "ended before an agent joined" in session["end_reason"]
+    assert "ended before an agent joined" in session.end_reason
     assert await store(arq_redis).room_holder("r-early") is None
 
 
@@ -149,7 +150,7 @@ async def test_agent_that_dies_silently_is_reported_lost_then_room_dispatches_ag
     assert entry.report.status == "lost"
     assert entry.report.source == "orchestrator"
     assert "stopped sending heartbeats" in (entry.report.error or "")
-    assert session["job_id"] == entry.report.job_id
+    assert session.job_id == entry.report.job_id
     # The zombie's dispatch is withdrawn, so the next agent is alone in the room.
     assert [d for d in sim.dispatches("r-lost") if d.agent_name] == []
     again = await dispatched(arq_redis, "e-lost-2", "r-lost")
@@ -210,7 +211,7 @@ async def test_a_claim_left_behind_does_not_keep_the_room_from_its_next_session(
             assert await sessions.room_holder("r-left") == f"{holder}-next"
             await sessions.file_report(agent_report(f"{holder}-next", "r-left"))
     finally:
-        await sessions.scripts.aclose()
+        await sessions.aclose()
 
 
 async def test_lost_assignment_check_is_restored_by_reconciliation(
