@@ -26,6 +26,7 @@ from orchestrator.gateway.errors import classify
 from orchestrator.gateway.tokens import ApiTokenSigner
 from orchestrator.gateway.twirp import USER_AGENT, ClosedBeforeResponse, TwirpClient
 from tests.orchestrator.conftest import API_KEY, API_SECRET
+from tests.support.waiting import eventually
 
 CREATE = "AgentDispatchService/CreateDispatch"
 
@@ -361,3 +362,61 @@ async def test_no_server_is_a_retryable_connection_error() -> None:
 def test_url_must_be_http() -> None:
     with pytest.raises(ValueError, match="not an http"):
         TwirpClient("redis://localhost:6379", timeout_s=1)
+
+
+@contextlib.asynccontextmanager
+async def keep_alive_server(accepted: list[object], ended: list[object]) -> AsyncIterator[str]:
+    """A server that answers every request and keeps each connection open until the client
+    closes it; it lists the connections it accepted and those the client ended."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        peer = writer.get_extra_info("peername")
+        accepted.append(peer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                answer = dispatch_for(await reader.readexactly(length)).SerializeToString()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/protobuf\r\n")
+                writer.write(f"Content-Length: {len(answer)}\r\n\r\n".encode() + answer)
+        except asyncio.IncompleteReadError:  # the client closed the connection
+            ended.append(peer)
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_an_idle_connection_is_reused_until_its_keep_alive_expires() -> None:
+    """A connection idle past the expiry is closed, not reused: the server or a load balancer
+    may be closing it just then, and a CreateDispatch written on it would fail its try."""
+    now = [1000.0]
+    accepted: list[object] = []
+    ended: list[object] = []
+    async with keep_alive_server(accepted, ended) as url:
+        client = TwirpClient(url, timeout_s=5, keepalive_expiry_s=4.0, clock=lambda: now[0])
+        try:
+            await create(client, "room-1")
+            now[0] += 4.0  # idle for exactly the expiry: still good
+            await create(client, "room-2")
+            assert len(accepted) == 1
+            now[0] += 4.5  # idle past it
+            await create(client, "room-3")
+            assert len(accepted) == 2
+            await eventually(lambda: ended == accepted[:1], what="the expired connection closed")
+            await create(client, "room-4")  # the new connection is kept alive in turn
+        finally:
+            await client.aclose()
+    assert len(accepted) == 2
