@@ -8,6 +8,7 @@ import sys
 # Module names under bench/, run in this order.
 BENCHMARKS = [
     "bench.sim_rps",
+    "bench.protocol_cost",
     "bench.dispatch_latency",
     "bench.time_to_agent",
     "bench.reconcile_pass",

@@ -1,9 +1,11 @@
 """The access token of each LiveKit API call: an HS256 JWT with the claims livekit-api's
 `LiveKitAPI` puts in one (video grants, `iss` = API key, `sub` "", `nbf`, `exp`).
 
-Signed here with the standard library: through `AccessToken` it cost a sixth of a
-dispatch's CPU, through PyJWT still a twentieth; the JWT is a fixed header, the claims as
-JSON, and an HMAC-SHA256 over both, each base64url-encoded without padding.
+Signed here with the standard library: the JWT is a fixed header, the claims as JSON, and an
+HMAC-SHA256 over both, each base64url-encoded without padding. Per token that took 13-16 µs
+of CPU, against 150-250 µs through livekit-api's `AccessToken` and 73-79 µs through PyJWT
+(`python -m bench.protocol_cost`, on a 2-vCPU machine under load: 12-16 and 5-6 times ours).
+The saving is against `AccessToken`; PyJWT would cost a few per cent of a dispatch.
 """
 
 from __future__ import annotations

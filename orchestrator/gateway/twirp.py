@@ -8,10 +8,14 @@ other status a Twirp JSON error (`code`, `msg`, `meta`), raised as livekit-api's
 `TimeoutError`. `orchestrator.gateway.errors.classify` reads all three.
 
 Why not livekit-api's client: it rides on aiohttp, whose per-request machinery cost more CPU
-than the rest of a dispatch's own work (bench/profile_dispatch.py). What this leaves out:
-livekit-api's region failover, which replays a failed call against another LiveKit Cloud
-region; here a failed call fails the try, and the job retries it with backoff (and adopts a
-dispatch the failed try may have made).
+than the rest of a dispatch's own work (bench/profile_dispatch.py). A CreateDispatch to
+livekit_sim, 50 at once, took 180-220 µs of client CPU here, token included, against
+770-820 µs through `LiveKitAPI.agent_dispatch` (`python -m bench.protocol_cost`, on a 2-vCPU
+machine under load: 3.5-4.5 times ours).
+
+What this leaves out: livekit-api's region failover, which replays a failed call against
+another LiveKit Cloud region; here a failed call fails the try, and the job retries it with
+backoff (and adopts a dispatch the failed try may have made).
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ import asyncio
 import itertools
 import json
 import ssl
+import time
 import uuid
+from collections import deque
+from collections.abc import Callable
 from typing import TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -30,6 +37,12 @@ from livekit.api import ServerError
 
 T = TypeVar("T", bound=Message)
 USER_AGENT = "livekit-dispatch-orchestrator"
+# An idle connection older than this is closed rather than reused. A server or load balancer
+# closes a kept-alive connection idle for its own timeout, and a CreateDispatch written on one
+# as it closes fails its try (it is not sent again: LiveKit may have acted on it). 4 s is
+# under the shortest idle timeout in common use (Node.js's 5 s; nginx 75 s, AWS ALB 60 s), as
+# httpx's 5 s is; a busy worker still reuses its connections, only a quiet one reconnects.
+KEEPALIVE_EXPIRY_S = 4.0
 
 
 class ClosedBeforeResponse(ConnectionError):
@@ -43,6 +56,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.reusable = True
+        self.idle_since = 0.0  # on the client's clock
         self._parser = httptools.HttpResponseParser(self)
         self._answer: asyncio.Future[tuple[int, bytes]] | None = None
         self._body = bytearray()
@@ -116,7 +130,8 @@ class _Connection(asyncio.Protocol):
 class TwirpClient:
     """Calls to one LiveKit server, at most `max_connections` at once, each within
     `timeout_s` (waiting for a free connection included). An https URL's certificate is
-    checked against `ssl_context`, by default the system's CAs."""
+    checked against `ssl_context`, by default the system's CAs. A connection idle for longer
+    than `keepalive_expiry_s` (on `clock`) is closed instead of reused."""
 
     def __init__(
         self,
@@ -125,6 +140,8 @@ class TwirpClient:
         timeout_s: float,
         max_connections: int = 200,
         ssl_context: ssl.SSLContext | None = None,
+        keepalive_expiry_s: float = KEEPALIVE_EXPIRY_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -139,7 +156,9 @@ class TwirpClient:
         self._base_path = parts.path.rstrip("/")
         self._timeout_s = timeout_s
         self._slots = asyncio.Semaphore(max_connections)
-        self._idle: list[_Connection] = []
+        self._idle: deque[_Connection] = deque()  # the longest idle first
+        self._keepalive_expiry_s = keepalive_expiry_s
+        self._clock = clock
         self._closed = False
         # Request ids: unique as livekit-api's uuid4s are (a prefix with 74 random bits for
         # this client, then a counter), without a call to the OS's random source per request.
@@ -215,6 +234,7 @@ class TwirpClient:
             connection.close()
             raise
         if connection.reusable and not self._closed:
+            connection.idle_since = self._clock()
             self._idle.append(connection)
         else:
             connection.close()
@@ -223,11 +243,17 @@ class TwirpClient:
     async def _connection(
         self, deadline: float, *, fresh: bool = False
     ) -> tuple[_Connection, bool]:
-        """An idle connection (True) or a new one (False)."""
-        while self._idle and not fresh:
-            connection = self._idle.pop()
-            if not connection.closed:
-                return connection, True
+        """The most recently idle connection that has not expired (True), or a new one
+        (False)."""
+        if not fresh:
+            idle = self._idle
+            expired = self._clock() - self._keepalive_expiry_s
+            while idle and idle[0].idle_since < expired:
+                idle.popleft().close()
+            while idle:
+                connection = idle.pop()
+                if not connection.closed:
+                    return connection, True
         async with asyncio.timeout_at(deadline):
             _, connection = await asyncio.get_running_loop().create_connection(
                 _Connection,

@@ -8,10 +8,13 @@ import asyncio
 import contextlib
 import enum
 import itertools
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 from arq import ArqRedis
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
@@ -19,6 +22,7 @@ from redis.exceptions import ConnectionError, ResponseError
 
 from orchestrator.demo.local_redis import LocalRedis
 from orchestrator.store.script_pipe import ScriptPipe, _resp
+from tests.support.tls import self_signed
 from tests.support.waiting import eventually
 
 
@@ -293,6 +297,80 @@ async def test_an_authenticated_connection_to_another_database(
         await pipe.aclose()
         await client.aclose()
         await arq_redis.execute_command("ACL", "DELUSER", "pipe-user")
+
+
+@contextlib.asynccontextmanager
+async def tls_front(redis_port: int, tls: ssl.SSLContext) -> AsyncIterator[int]:
+    """A TLS-terminating relay to the plain test Redis, as a TLS-enabled Redis or a stunnel
+    in front of one would be to a client: its port. (A redis-server may be built without TLS.)
+    """
+    writers: list[asyncio.StreamWriter] = []
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def serve(client_reader: asyncio.StreamReader, client: asyncio.StreamWriter) -> None:
+        redis_reader, redis = await asyncio.open_connection("127.0.0.1", redis_port)
+        writers.extend((client, redis))
+        await asyncio.gather(relay(client_reader, redis), relay(redis_reader, client))
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=tls)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for writer in writers:
+            writer.close()
+        await server.wait_closed()
+
+
+REPEAT = "return string.rep(ARGV[1], tonumber(ARGV[2]))"
+
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_scripts_run_over_tls(
+    run: Callable[[Coroutine[Any, Any, None]], None], redis_server: LocalRedis, tmp_path: Path
+) -> None:
+    """`rediss://`: the pipe reads the TLS transport redis-py connected, under the worker's
+    event loop (uvloop) and asyncio's."""
+    server_tls, _ = self_signed(tmp_path, "127.0.0.1")
+
+    async def scripts_over_tls() -> None:
+        async with tls_front(redis_server.port, server_tls) as port:
+            client: Redis = Redis.from_url(
+                f"rediss://127.0.0.1:{port}/0",
+                ssl_ca_certs=str(tmp_path / "cert.pem"),
+                ssl_check_hostname=True,
+            )
+            pipe = ScriptPipe(client)
+            try:
+                await client.flushall()
+                script = pipe.script(INCR_BY)
+                assert await pipe.run(script, ["k"], [1]) == 1
+                assert pipe._transport is not None
+                assert pipe._transport.get_extra_info("ssl_object") is not None
+                writes = count_writes(pipe)
+                replies = await asyncio.gather(*(pipe.run(script, ["k"], [1]) for _ in range(50)))
+                assert sorted(replies) == list(range(2, 52))
+                assert writes == [50]
+                await client.script_flush()  # NOSCRIPT: each call goes again as EVAL
+                replies = await asyncio.gather(*(pipe.run(script, ["k"], [1]) for _ in range(3)))
+                assert sorted(replies) == [52, 53, 54]
+                # A reply longer than many TLS records comes whole.
+                long = await pipe.run(pipe.script(REPEAT), [], ["0123456789", 50_000])
+                assert long == b"0123456789" * 50_000
+            finally:
+                await pipe.aclose()
+                await client.aclose()
+
+    run(scripts_over_tls())
 
 
 def test_commands_are_packed_as_redis_py_packs_them() -> None:

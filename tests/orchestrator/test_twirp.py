@@ -8,16 +8,11 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import jwt
 import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from livekit import api
 
 from livekit_sim import LiveKitSim
@@ -26,6 +21,8 @@ from orchestrator.gateway.errors import classify
 from orchestrator.gateway.tokens import ApiTokenSigner
 from orchestrator.gateway.twirp import USER_AGENT, ClosedBeforeResponse, TwirpClient
 from tests.orchestrator.conftest import API_KEY, API_SECRET
+from tests.support.tls import self_signed
+from tests.support.waiting import eventually
 
 CREATE = "AgentDispatchService/CreateDispatch"
 
@@ -140,37 +137,6 @@ async def http_server(
         yield f"{'https' if tls else 'http'}://{host}:{port}"
     finally:
         await runner.cleanup()
-
-
-def self_signed(tmp_path: Path, host: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """A server context with a certificate for `host`, and a client context trusting it."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(cert_file, key_file)
-    return server, ssl.create_default_context(cafile=str(cert_file))
 
 
 async def protobuf_dispatch(request: web.Request) -> web.Response:
@@ -361,3 +327,61 @@ async def test_no_server_is_a_retryable_connection_error() -> None:
 def test_url_must_be_http() -> None:
     with pytest.raises(ValueError, match="not an http"):
         TwirpClient("redis://localhost:6379", timeout_s=1)
+
+
+@contextlib.asynccontextmanager
+async def keep_alive_server(accepted: list[object], ended: list[object]) -> AsyncIterator[str]:
+    """A server that answers every request and keeps each connection open until the client
+    closes it; it lists the connections it accepted and those the client ended."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        peer = writer.get_extra_info("peername")
+        accepted.append(peer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                answer = dispatch_for(await reader.readexactly(length)).SerializeToString()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/protobuf\r\n")
+                writer.write(f"Content-Length: {len(answer)}\r\n\r\n".encode() + answer)
+        except asyncio.IncompleteReadError:  # the client closed the connection
+            ended.append(peer)
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_an_idle_connection_is_reused_until_its_keep_alive_expires() -> None:
+    """A connection idle past the expiry is closed, not reused: the server or a load balancer
+    may be closing it just then, and a CreateDispatch written on it would fail its try."""
+    now = [1000.0]
+    accepted: list[object] = []
+    ended: list[object] = []
+    async with keep_alive_server(accepted, ended) as url:
+        client = TwirpClient(url, timeout_s=5, keepalive_expiry_s=4.0, clock=lambda: now[0])
+        try:
+            await create(client, "room-1")
+            now[0] += 4.0  # idle for exactly the expiry: still good
+            await create(client, "room-2")
+            assert len(accepted) == 1
+            now[0] += 4.5  # idle past it
+            await create(client, "room-3")
+            assert len(accepted) == 2
+            await eventually(lambda: ended == accepted[:1], what="the expired connection closed")
+            await create(client, "room-4")  # the new connection is kept alive in turn
+        finally:
+            await client.aclose()
+    assert len(accepted) == 2
