@@ -12,6 +12,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agent.errors import ConfigError
+from tasks.connection import check_redis_url
 from tasks.keys import AGENT_HEARTBEAT_INTERVAL_S, AGENT_WORKER_HEARTBEAT_INTERVAL_S
 from tasks.models import check_agent_name
 from tasks.validation import problems
@@ -87,6 +88,11 @@ class AgentSettings(BaseSettings):
     @classmethod
     def _agent_name(cls, value: str) -> str:
         return check_agent_name(value)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return check_redis_url(value)
 
     @field_validator("session_handler")
     @classmethod

@@ -13,6 +13,7 @@ from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.errors import ConfigError
+from tasks.connection import check_redis_url
 from tasks.models import check_agent_name
 from tasks.validation import Location, problems
 
@@ -101,6 +102,11 @@ class Settings(BaseSettings):
     @classmethod
     def _agent_name(cls, value: str) -> str:
         return check_agent_name(value)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return check_redis_url(value)
 
     @property
     def http_livekit_url(self) -> str:

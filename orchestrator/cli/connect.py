@@ -23,11 +23,8 @@ async def open_redis(url: str, *, timeout_s: float = 3.0) -> ArqRedis:
     waiting)."""
     try:
         parsed = redis_settings(url)
-    except (RuntimeError, ValueError):
-        raise RedisUnreachable(
-            f"REDIS_URL {safe_url(url)} is not a Redis URL: use redis://[:password@]host:6379/0 "
-            "(rediss:// for TLS)"
-        ) from None
+    except ValueError as exc:
+        raise RedisUnreachable(f"{exc} (REDIS_URL is {safe_url(url)})") from None
     settings = dataclasses.replace(parsed, conn_timeout=max(1, int(timeout_s)), conn_retries=0)
     try:
         redis = await create_pool(

@@ -33,6 +33,7 @@ from redis.exceptions import ConnectionError, RedisError, TimeoutError
 from orchestrator import metrics
 from orchestrator.store import dead_letters
 from tasks import keys
+from tasks.connection import redis_settings
 from tasks.serialization import MAX_RAW_KEPT_CHARS, deserialize, serialize
 
 log = structlog.get_logger("orchestrator.redis")
@@ -224,7 +225,7 @@ async def set_aside(redis: ArqRedis, job_ids: list[bytes]) -> None:
 def worker_redis_settings(url: str, outage: Outage = OUTAGE) -> RedisSettings:
     """arq's connection settings for `url`, riding out outages (what `arq --check` reads)."""
     return dataclasses.replace(
-        RedisSettings.from_dsn(url),
+        redis_settings(url),
         retry=RideOut(outage),
         retry_on_error=list(UNREACHABLE),  # type: ignore[arg-type]
     )
@@ -241,6 +242,11 @@ def worker_pool(url: str, outage: Outage = OUTAGE) -> ArqRedis:
         unix_socket_path=settings.unix_socket_path,
         socket_connect_timeout=settings.conn_timeout,
         ssl=settings.ssl,
+        ssl_keyfile=settings.ssl_keyfile,
+        ssl_certfile=settings.ssl_certfile,
+        ssl_cert_reqs=settings.ssl_cert_reqs,
+        ssl_ca_certs=settings.ssl_ca_certs,
+        ssl_check_hostname=settings.ssl_check_hostname,
         retry=settings.retry,
         retry_on_error=settings.retry_on_error,
         db=settings.database,
@@ -257,7 +263,7 @@ async def create_jobs_redis(url: str) -> ArqRedis:
     """A pool for the jobs' own commands (JSON jobs), which fails within a second or two when
     Redis is away."""
     settings = dataclasses.replace(
-        RedisSettings.from_dsn(url),
+        redis_settings(url),
         retry=Retry(copy.deepcopy(RECONNECT_BACKOFF), JOB_RETRIES, UNREACHABLE),  # type: ignore[arg-type]
         retry_on_error=list(UNREACHABLE),  # type: ignore[arg-type]
     )

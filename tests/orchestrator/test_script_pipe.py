@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import enum
 import itertools
-import ssl
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from redis.exceptions import ConnectionError, ResponseError
 
 from orchestrator.demo.local_redis import LocalRedis
 from orchestrator.store.script_pipe import ScriptPipe, _resp
-from tests.support.tls import self_signed
+from tests.support.tls import self_signed, tls_front
 from tests.support.waiting import eventually
 
 
@@ -297,38 +296,6 @@ async def test_an_authenticated_connection_to_another_database(
         await pipe.aclose()
         await client.aclose()
         await arq_redis.execute_command("ACL", "DELUSER", "pipe-user")
-
-
-@contextlib.asynccontextmanager
-async def tls_front(redis_port: int, tls: ssl.SSLContext) -> AsyncIterator[int]:
-    """A TLS-terminating relay to the plain test Redis, as a TLS-enabled Redis or a stunnel
-    in front of one would be to a client: its port. (A redis-server may be built without TLS.)
-    """
-    writers: list[asyncio.StreamWriter] = []
-
-    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-    async def serve(client_reader: asyncio.StreamReader, client: asyncio.StreamWriter) -> None:
-        redis_reader, redis = await asyncio.open_connection("127.0.0.1", redis_port)
-        writers.extend((client, redis))
-        await asyncio.gather(relay(client_reader, redis), relay(redis_reader, client))
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=tls)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        for writer in writers:
-            writer.close()
-        await server.wait_closed()
 
 
 REPEAT = "return string.rep(ARGV[1], tonumber(ARGV[2]))"

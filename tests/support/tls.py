@@ -1,9 +1,13 @@
-"""A self-signed certificate for the tests' TLS servers, and contexts that serve and trust it."""
+"""A self-signed certificate for the tests' TLS servers, contexts that serve and trust it, and
+a TLS front for the test Redis."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import ssl
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -47,3 +51,35 @@ def self_signed(tmp_path: Path, host: str) -> tuple[ssl.SSLContext, ssl.SSLConte
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server.load_cert_chain(cert_file, key_file)
     return server, ssl.create_default_context(cafile=str(cert_file))
+
+
+@contextlib.asynccontextmanager
+async def tls_front(redis_port: int, tls: ssl.SSLContext) -> AsyncIterator[int]:
+    """A TLS-terminating relay to the plain test Redis, as a TLS-enabled Redis or a stunnel
+    in front of one would be to a client: its port. (A redis-server may be built without TLS.)
+    """
+    writers: list[asyncio.StreamWriter] = []
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def serve(client_reader: asyncio.StreamReader, client: asyncio.StreamWriter) -> None:
+        redis_reader, redis = await asyncio.open_connection("127.0.0.1", redis_port)
+        writers.extend((client, redis))
+        await asyncio.gather(relay(client_reader, redis), relay(redis_reader, client))
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=tls)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for writer in writers:
+            writer.close()
+        await server.wait_closed()
