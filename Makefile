@@ -11,7 +11,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench demo clean
+.PHONY: install test test-fast lint bench demo clean
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ $(STAMP): pyproject.toml
 # suite runs as is and the media tests skip, saying why.
 test: install
 	$(BIN)/python -m tests.media.netns -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The quick loop: the tests that run inside the test process (tests/conftest.py CATEGORIES),
+# with a real Redis and the LiveKit stand-in; no worker processes, no browser, no WebRTC. Spread
+# over the cores (pytest-xdist): each pytest worker starts its own Redis.
+test-fast: install
+	$(BIN)/python -m pytest -m "unit or integration" -n auto -q $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

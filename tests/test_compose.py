@@ -17,6 +17,8 @@ from orchestrator.http.app import routes
 from orchestrator.settings import load_settings
 from tests.support.settings_env import known_names, variables
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]

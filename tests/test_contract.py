@@ -36,6 +36,8 @@ from tasks.keys import (
 )
 from tasks.models import MAX_METADATA_BYTES, JobMetadata, session_id_for
 
+pytestmark = pytest.mark.integration
+
 
 def _reasons(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

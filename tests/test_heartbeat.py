@@ -10,6 +10,8 @@ from redis.asyncio import Redis
 from tasks.heartbeat import AgentJob, agent_job, beat
 from tasks.keys import agent_heartbeat_key, agent_job_key
 
+pytestmark = pytest.mark.integration
+
 
 async def test_the_first_beat_names_the_job_and_later_beats_only_refresh(redis: Redis) -> None:
     job = AgentJob(dispatch_id="AD_1", job_id="AJ_1", worker_id="AW_1")

@@ -2,13 +2,16 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
 from redis.asyncio import Redis
 
 from orchestrator.demo.local_redis import LocalRedis
 
+pytestmark = pytest.mark.integration
+
 
 async def test_session_server_is_a_real_redis(redis: Redis) -> None:
-    # Lua and streams are what fakeredis cannot be trusted with; check the server runs them.
+    # Lua and streams are what the product leans on; check the server runs them.
     assert await redis.eval("return redis.call('SET', KEYS[1], ARGV[1])", 1, "k", "v") == b"OK"
     await redis.xadd("s", {"a": "1"})
     assert await redis.xlen("s") == 1

@@ -28,7 +28,7 @@ from tasks import DispatchRequest, create_redis, enqueue_dispatch, keys, session
 from tests.cli.conftest import REPO, run_cli
 from tests.support.waiting import eventually
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
 PHONE = "+15550100"
 SECRET = f"redaction-SECRET-{uuid.uuid4().hex}"

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tasks.redaction import REDACTED, redact
+
+pytestmark = pytest.mark.unit
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJrZXkiLCJ2aWRlbyI6e319.c2lnbmF0dXJlLWJ5dGVz"
 

@@ -19,6 +19,8 @@ from orchestrator.store.connections import create_jobs_redis, worker_pool
 from tasks.connection import create_redis, redis_settings
 from tests.support.tls import self_signed, tls_front
 
+pytestmark = pytest.mark.integration
+
 
 def test_a_tls_url_carries_its_ca_bundle_and_client_certificate() -> None:
     settings = redis_settings(

@@ -36,6 +36,8 @@ from orchestrator.store import dead_letters
 from tasks import DispatchRequest, create_redis, enqueue_dispatch, keys
 from tests.adversarial.conftest import API_KEY, API_SECRET, API_TOKEN, PHONE, REPO, Doors
 
+pytestmark = pytest.mark.system
+
 BUDGET = settings(
     max_examples=25,
     derandomize=True,  # a fixed seed: the same inputs every run

@@ -20,16 +20,15 @@ from livekit_sim import LiveKitSim
 from orchestrator.demo.local_redis import LocalRedis
 from tasks.models import JobMetadata, session_id_for
 from tests.agent.worker_process import AgentWorker
+from tests.support.events import new_event_id
+from tests.support.sim import API_KEY, API_SECRET, running_sim
 
-API_KEY = "agent-test-key"
-# PyJWT warns (an error under pytest) on HMAC secrets under 32 bytes.
-API_SECRET = "agent-test-secret-0123456789-abcdefghijklmnop"
 MAX_SESSIONS = 2
 
 
 def new_job(payload: dict[str, object]) -> tuple[str, str, str]:
     """(session_id, event_id, job metadata JSON) for a fresh event carrying `payload`."""
-    event_id = f"ev-{uuid.uuid4().hex[:12]}"
+    event_id = new_event_id()
     session_id = session_id_for(event_id)
     metadata = JobMetadata(session_id=session_id, event_id=event_id, metadata=payload)
     return session_id, event_id, metadata.to_json()
@@ -55,9 +54,7 @@ async def agent_redis(agent_redis_server: LocalRedis) -> AsyncIterator[Redis]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def sim() -> AsyncIterator[LiveKitSim]:
-    async with LiveKitSim(
-        api_key=API_KEY, api_secret=API_SECRET, missing_room_delay_s=0.2
-    ) as server:
+    async with running_sim(missing_room_delay_s=0.2) as server:
         yield server
 
 

@@ -6,7 +6,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.agent.worker_process import REPO
+
+pytestmark = pytest.mark.system
 
 FORWARDED = """
 import livekit.agents.__main__ as lk

@@ -12,7 +12,6 @@ import asyncio
 import os
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,23 +23,21 @@ from arq.worker import Worker
 from livekit_sim import LiveKitSim
 from orchestrator.demo.local_redis import LocalRedis
 from tasks import (
-    DispatchRequest,
     EndSessionRequest,
     SessionReport,
     create_redis,
-    enqueue_dispatch,
     enqueue_end_session,
     recent_results,
-    session_id_for,
 )
 from tasks.heartbeat import AgentJob, agent_job
 from tasks.keys import DUPLICATE_REPORTS_STREAM, agent_heartbeat_key, session_key
 from tests.agent.conftest import new_room
 from tests.agent.worker_process import AgentWorker
+from tests.support.events import send_event
 from tests.support.orchestrator_worker import running_orchestrator, settings_for
 from tests.support.waiting import eventually
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.system, pytest.mark.asyncio(loop_scope="module")]
 
 REPORT_GRACE_S = 3.0
 ROOM_GONE = {
@@ -72,13 +69,6 @@ async def orchestrator(
     )
     async with running_orchestrator(settings) as arq_worker:
         yield arq_worker
-
-
-async def send_event(queue: ArqRedis, room: str, payload: dict[str, object]) -> str:
-    """Enqueue an event for `room`; its session id."""
-    event_id = f"ev-{uuid.uuid4().hex[:12]}"
-    await enqueue_dispatch(queue, DispatchRequest(event_id=event_id, room=room, metadata=payload))
-    return session_id_for(event_id)
 
 
 async def results_for(queue: ArqRedis, session_id: str) -> list[SessionReport]:

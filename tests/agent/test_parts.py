@@ -33,6 +33,8 @@ from orchestrator.demo.local_redis import LocalRedis, free_port
 from tasks.models import JobMetadata, SessionReport
 from tests.agent.reports import reports_for
 
+pytestmark = pytest.mark.integration
+
 SECRET = "Mrs Ada Placeholder"
 
 

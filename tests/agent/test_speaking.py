@@ -11,6 +11,8 @@ from livekit import rtc
 
 from agent.speaking import FRAME_MS, SAMPLE_RATE, SpeakingMeter, _SpeechRun, frame_dbfs
 
+pytestmark = pytest.mark.unit
+
 
 def frame(level_dbfs: float | None) -> rtc.AudioFrame:
     """A 10 ms 16 kHz frame: a sine at `level_dbfs` RMS, or digital silence for None."""

@@ -32,7 +32,7 @@ from tests.agent.reports import reports_for, wait_for_report
 from tests.agent.worker_process import AgentWorker
 from tests.support.waiting import eventually
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.system, pytest.mark.asyncio(loop_scope="module")]
 
 PERSONAL_DATA = "Zebulon Quaxwell, +44 7700 900123"
 

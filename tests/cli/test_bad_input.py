@@ -12,6 +12,8 @@ import pytest
 from orchestrator.demo.local_redis import free_port
 from tests.cli.conftest import Cli
 
+pytestmark = pytest.mark.system
+
 DEEP = "[" * 10_000 + "]" * 10_000
 
 

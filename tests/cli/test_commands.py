@@ -10,6 +10,7 @@ import sys
 from datetime import UTC, datetime
 
 import aiohttp
+import pytest
 from arq import ArqRedis
 from arq.worker import Worker
 
@@ -22,6 +23,8 @@ from tests.cli.conftest import REPO, Cli, cli_env
 from tests.orchestrator.conftest import AGENT
 from tests.support.fake_worker import AcceptingWorker
 from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.system
 
 
 async def test_dispatch_then_look_the_session_up(

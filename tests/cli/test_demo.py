@@ -24,7 +24,7 @@ from tasks import keys
 from tests.cli.conftest import REPO
 from tests.support.waiting import eventually
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
 
 def descendants(root: int) -> set[int]:

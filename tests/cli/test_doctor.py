@@ -32,6 +32,8 @@ from tests.orchestrator.conftest import AGENT, RunWorker, make_settings
 from tests.support.fake_worker import AcceptingWorker
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.system
+
 CHECKS = [
     "settings",
     "redis",

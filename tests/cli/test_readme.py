@@ -9,11 +9,15 @@ import re
 from pathlib import Path
 from typing import get_args
 
+import pytest
+
 from orchestrator.cli.app import build_parser
 from tasks import keys
 from tasks.models import DispatchOutcome
 from tasks.producer import ENQUEUE_SCRIPT
 from tests.support.settings_env import variables
+
+pytestmark = pytest.mark.unit
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

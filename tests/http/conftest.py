@@ -25,6 +25,7 @@ from tests.orchestrator.conftest import (  # noqa: F401  (fixtures)
     orchestrator,
     run_worker,
 )
+from tests.support.sim import MakeSim
 
 TOKEN = "http-test-token-0123456789"
 
@@ -44,14 +45,11 @@ def base_url(sock: socket.socket) -> str:
 
 
 @pytest.fixture
-async def sim(http_socket: socket.socket) -> AsyncIterator[LiveKitSim]:
-    async with LiveKitSim(
-        api_key=API_KEY,
-        api_secret=API_SECRET,
+async def sim(http_socket: socket.socket, make_sim: MakeSim) -> LiveKitSim:
+    return await make_sim(
         webhook_urls=[base_url(http_socket) + "/livekit/webhook"],
         missing_room_delay_s=0.3,  # the real server's 3 s, shortened for the suite's time
-    ) as server:
-        yield server
+    )
 
 
 @pytest.fixture

@@ -22,6 +22,8 @@ from tests.orchestrator.test_sessions import agent_report
 from tests.support.fake_worker import AcceptingWorker
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.integration
+
 
 async def call(
     client: aiohttp.ClientSession, method: str, path: str, body: Any = None, **kw: Any

@@ -17,6 +17,8 @@ from livekit_sim.webhooks import sign_body
 from tests.http.conftest import API_KEY, API_SECRET, TOKEN, Service
 from tests.http.test_api import call
 
+pytestmark = pytest.mark.integration
+
 
 async def raw_request(url: str, request: bytes) -> tuple[int, bytes]:
     """Send bytes as they are (a client aiohttp would not let us be) and read the answer."""

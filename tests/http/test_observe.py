@@ -7,6 +7,7 @@ import socket
 from typing import Any
 
 import aiohttp
+import pytest
 from arq import ArqRedis
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
@@ -22,6 +23,8 @@ from tests.orchestrator.conftest import RunWorker
 from tests.orchestrator.test_sessions import agent_report
 from tests.support.fake_worker import AcceptingWorker
 from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.integration
 
 
 async def test_healthz_needs_a_worker_and_readyz_only_redis(

@@ -12,6 +12,8 @@ from orchestrator.demo.local_redis import LocalRedis
 from tests.http.test_api import call
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def redis_server() -> Iterator[LocalRedis]:

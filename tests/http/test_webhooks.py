@@ -31,6 +31,8 @@ from tests.orchestrator.test_sessions import agent_report
 from tests.support.fake_worker import AcceptingWorker
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.integration
+
 HOOK = "/livekit/webhook"
 
 

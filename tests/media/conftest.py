@@ -22,10 +22,10 @@ from livekit import api, rtc
 
 from livekit_sim import LiveKitSim
 from tests.media.netns import ADDR_ENV, UNAVAILABLE_ENV
+from tests.support.sim import API_KEY, API_SECRET, MakeSim
 
-API_KEY = "media-test-key"
-# PyJWT warns (an error under pytest) on HMAC secrets under 32 bytes.
-API_SECRET = "media-test-secret-0123456789-abcdefghijkl"
+__all__ = ["API_KEY", "API_SECRET"]
+
 FIXTURES = Path(__file__).parent / "fixtures"
 CALLER_WAV = FIXTURES / "caller.wav"
 
@@ -121,16 +121,13 @@ async def hooks() -> AsyncIterator[Hooks]:
 
 
 @pytest.fixture
-async def sim(hooks: Hooks) -> AsyncIterator[LiveKitSim]:
-    async with LiveKitSim(
-        api_key=API_KEY,
-        api_secret=API_SECRET,
+async def sim(hooks: Hooks, make_sim: MakeSim) -> LiveKitSim:
+    return await make_sim(
         webhook_urls=[hooks.url],
         departure_timeout_s=1.0,
         room_check_interval_s=0.1,
         missing_room_delay_s=0.05,
-    ) as server:
-        yield server
+    )
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -23,19 +23,18 @@ from livekit.protocol import models
 from livekit_sim import LiveKitSim
 from orchestrator.demo.local_redis import LocalRedis
 from tasks import (
-    DispatchRequest,
     SessionReport,
     create_redis,
-    enqueue_dispatch,
     recent_results,
-    session_id_for,
 )
 from tests.agent.worker_process import AgentWorker
 from tests.media.conftest import API_KEY, API_SECRET, CALLER_WAV
+from tests.support.events import send_event
 from tests.support.orchestrator_worker import running_orchestrator, settings_for
+from tests.support.sim import running_sim
 from tests.support.waiting import eventually
 
-pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.media, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
 
 GREETING_TOPIC = "lkd.greeting"  # the default handler's greeting topic (agent settings)
 CALLER_SPEECH_S = 2.0  # tests/media/fixtures/caller.wav
@@ -56,12 +55,8 @@ def redis_server() -> Iterator[LocalRedis]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def sim() -> AsyncIterator[LiveKitSim]:
-    async with LiveKitSim(
-        api_key=API_KEY,
-        api_secret=API_SECRET,
-        departure_timeout_s=1.0,
-        room_check_interval_s=0.2,
-        missing_room_delay_s=0.2,
+    async with running_sim(
+        departure_timeout_s=1.0, room_check_interval_s=0.2, missing_room_delay_s=0.2
     ) as server:
         yield server
 
@@ -121,15 +116,6 @@ async def orchestrator(
         yield arq_worker
 
 
-async def send_event(queue: ArqRedis, room: str) -> str:
-    """Enqueue an event for `room`; its session id."""
-    event_id = f"ev-{uuid.uuid4().hex[:12]}"
-    await enqueue_dispatch(
-        queue, DispatchRequest(event_id=event_id, room=room, metadata={"order": "A-17"})
-    )
-    return session_id_for(event_id)
-
-
 async def report_of(queue: ArqRedis, session_id: str, timeout_s: float = 30) -> SessionReport:
     async def filed() -> SessionReport | None:
         found = [
@@ -160,7 +146,7 @@ async def test_the_agent_hears_the_caller_and_reports_its_speaking_time(
     orchestrator: Worker, sim: LiveKitSim, queue: ArqRedis
 ) -> None:
     room = f"call-{uuid.uuid4().hex[:8]}"
-    session_id = await send_event(queue, room)
+    session_id = await send_event(queue, room, {"order": "A-17"})
     me = await eventually(lambda: agent_in_room(sim, room), timeout_s=30, what="the agent")
 
     await sim.join_participant(room, "caller", audio=True)
@@ -195,7 +181,7 @@ async def test_a_caller_who_never_joins_ends_the_session_on_the_empty_timeout(
         await lkapi.room.create_room(api.CreateRoomRequest(name=room, empty_timeout=6))
     finally:
         await lkapi.aclose()
-    session_id = await send_event(queue, room)
+    session_id = await send_event(queue, room, {"order": "A-17"})
     await eventually(lambda: agent_in_room(sim, room), timeout_s=30, what="the agent")
 
     await eventually(lambda: room not in sim.rooms, timeout_s=10, what="the empty timeout")

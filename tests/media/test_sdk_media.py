@@ -15,7 +15,7 @@ from livekit_sim.rtc import active_speech_s, tone
 from tests.media.conftest import API_KEY, API_SECRET, CALLER_WAV, Hooks, frame_samples, sdk_room
 from tests.support.waiting import eventually
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.media, pytest.mark.timeout(60)]
 
 
 async def subscribed_audio(client: rtc.Room, identity: str) -> rtc.RemoteAudioTrack:

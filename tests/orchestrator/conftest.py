@@ -24,9 +24,8 @@ from tasks import create_redis
 from tasks.keys import ARQ_RESULT_PREFIX, QUEUE_NAME
 from tests.support.fake_worker import AcceptingWorker
 from tests.support.orchestrator_worker import running_orchestrator, settings_for
+from tests.support.sim import API_KEY, API_SECRET, MakeSim
 
-API_KEY = "orchestrator-test-key"
-API_SECRET = "orchestrator-test-secret-with-32-bytes-or-more"
 AGENT = "support-agent"
 
 
@@ -38,9 +37,8 @@ def own_redis() -> Iterator[LocalRedis]:
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[LiveKitSim]:
-    async with LiveKitSim(api_key=API_KEY, api_secret=API_SECRET) as server:
-        yield server
+async def sim(make_sim: MakeSim) -> LiveKitSim:
+    return await make_sim()
 
 
 def make_settings(redis_server: LocalRedis, sim: LiveKitSim, **overrides: Any) -> Settings:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import pytest
 from arq import ArqRedis
 
 from livekit_sim import LiveKitSim
@@ -20,6 +21,8 @@ from tests.orchestrator.test_reconcile import claim, reconciler
 from tests.orchestrator.test_sessions import dispatched, status_is
 from tests.support.fake_worker import AcceptingWorker
 from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.integration
 
 GRACE_S = 0.5
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from arq import ArqRedis
 
 from livekit_sim import LiveKitSim
@@ -13,6 +14,8 @@ from orchestrator.store import dead_letters
 from tasks import DispatchRequest, enqueue_dispatch, keys
 from tests.orchestrator.conftest import Spawn, results, worker_checked_in
 from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.system
 
 EVENT = {"event_id": "e-raw", "room": "r-raw"}
 

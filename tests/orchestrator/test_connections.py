@@ -14,6 +14,8 @@ from orchestrator.demo.local_redis import LocalRedis
 from orchestrator.store.connections import Outage, worker_pool
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.integration
+
 UNREACHABLE = "Redis is unreachable; waiting for it, work resumes when it answers"
 
 

@@ -28,6 +28,8 @@ from tests.orchestrator.conftest import RunWorker, make_settings
 from tests.support.fake_worker import AcceptingWorker
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.integration
+
 CREATE = "AgentDispatchService/CreateDispatch"
 
 

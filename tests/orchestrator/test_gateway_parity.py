@@ -19,6 +19,9 @@ from livekit_sim.auth import token_from_request, verify_video_grants
 from orchestrator.gateway import LiveKitGateway
 from tests.orchestrator.conftest import AGENT, API_KEY, API_SECRET
 from tests.support.orchestrator_worker import settings_for
+from tests.support.sim import running_sim
+
+pytestmark = pytest.mark.integration
 
 REQUESTS: dict[str, type[Message]] = {
     "livekit.AgentDispatchService/CreateDispatch": api.CreateAgentDispatchRequest,
@@ -45,7 +48,7 @@ class Received:
 
 @pytest.fixture
 async def recording_sim() -> AsyncIterator[tuple[LiveKitSim, list[Received]]]:
-    sim = LiveKitSim(api_key=API_KEY, api_secret=API_SECRET)
+    sim = running_sim()
     received: list[Received] = []
 
     @web.middleware

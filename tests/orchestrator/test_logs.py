@@ -14,6 +14,8 @@ import structlog
 
 from orchestrator import logs
 
+pytestmark = pytest.mark.unit
+
 
 class Opaque:
     def __repr__(self) -> str:

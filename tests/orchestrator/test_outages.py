@@ -19,6 +19,8 @@ from tests.orchestrator.conftest import Spawn, results, worker_checked_in
 from tests.orchestrator.test_dispatch import CREATE
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.system
+
 OUTAGE_S = 3.0
 UNREACHABLE = "Redis is unreachable; waiting for it, work resumes when it answers"
 ANSWERS = "Redis answers again"

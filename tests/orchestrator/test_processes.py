@@ -8,6 +8,7 @@ import os
 import signal
 from typing import Any
 
+import pytest
 from arq import ArqRedis
 
 from livekit_sim import LiveKitSim
@@ -18,6 +19,8 @@ from tests.orchestrator.conftest import Spawn, results, worker_checked_in
 from tests.orchestrator.test_dispatch import CREATE
 from tests.support.fake_worker import AcceptingWorker
 from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.system
 
 
 async def test_burst_over_three_processes_makes_one_dispatch_per_room(

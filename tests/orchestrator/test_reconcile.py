@@ -25,6 +25,8 @@ from tasks.heartbeat import beat
 from tests.orchestrator.conftest import make_settings
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.integration
+
 
 @contextlib.asynccontextmanager
 async def reconciler(

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 from arq import ArqRedis
 
 from orchestrator.http.schemas import SessionView
 from orchestrator.store import lua, queries
 from orchestrator.store.record import LIVE, TERMINAL, Session, SessionStatus
 from orchestrator.store.sessions import Lease, SessionStore
+
+pytestmark = pytest.mark.integration
 
 
 def test_a_record_is_parsed_once_with_its_types() -> None:

@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from arq import ArqRedis
 from arq.worker import Worker
 
@@ -24,6 +25,8 @@ from tests.orchestrator.conftest import RunWorker, make_settings
 from tests.orchestrator.test_dispatch import CREATE, job_result, store
 from tests.support.fake_worker import AcceptingWorker
 from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.integration
 
 GHOST = "ghost-agent"
 """An agent name no worker serves: every dispatch of it stays untaken."""

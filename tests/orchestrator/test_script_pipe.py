@@ -24,6 +24,8 @@ from orchestrator.store.script_pipe import ScriptPipe, _resp
 from tests.support.tls import self_signed, tls_front
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.integration
+
 
 class Kind(enum.StrEnum):
     ROOM = "room"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from arq import ArqRedis
 from arq.worker import Worker
 
@@ -27,6 +28,8 @@ from tests.orchestrator.conftest import RunWorker, make_settings
 from tests.orchestrator.test_dispatch import CREATE, job_result
 from tests.support.fake_worker import AcceptingWorker
 from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.integration
 
 
 def store(redis: ArqRedis) -> SessionStore:

@@ -24,6 +24,8 @@ from tests.orchestrator.conftest import API_KEY, API_SECRET
 from tests.support.tls import self_signed
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.integration
+
 CREATE = "AgentDispatchService/CreateDispatch"
 
 

@@ -8,18 +8,14 @@ import pytest
 from livekit import api
 
 from livekit_sim import LiveKitSim
+from tests.support.sim import API_KEY, API_SECRET, MakeSim
 
-API_KEY = "test-key"
-# PyJWT warns (an error under pytest) on HMAC secrets under 32 bytes.
-API_SECRET = "test-secret-0123456789-abcdefghijklmnop"
+__all__ = ["API_KEY", "API_SECRET"]
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[LiveKitSim]:
-    async with LiveKitSim(
-        api_key=API_KEY, api_secret=API_SECRET, missing_room_delay_s=0.05
-    ) as server:
-        yield server
+async def sim(make_sim: MakeSim) -> LiveKitSim:
+    return await make_sim(missing_room_delay_s=0.05)
 
 
 @pytest.fixture

@@ -16,7 +16,10 @@ from livekit_sim import LiveKitSim
 from livekit_sim.faults import Faults, TwirpFault
 from tests.sim.conftest import API_KEY, API_SECRET
 from tests.sim.protocol_worker import ScriptedWorker
+from tests.support.sim import running_sim
 from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.integration
 
 CREATE = "AgentDispatchService/CreateDispatch"
 
@@ -234,7 +237,7 @@ async def test_every_fault_is_counted_by_kind(
 
 async def test_a_seed_makes_fault_decisions_repeatable() -> None:
     async def run(seed: int) -> list[str]:
-        async with LiveKitSim(api_key=API_KEY, api_secret=API_SECRET) as sim:
+        async with running_sim() as sim:
             sim.faults.seed(seed)
             sim.faults.set(CREATE, error_rate=0.2, drop_rate=0.1, lost_answer_rate=0.3)
             sim.faults.unoffered_rate = 0.5

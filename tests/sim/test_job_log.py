@@ -16,6 +16,8 @@ from tests.sim.conftest import API_KEY, API_SECRET
 from tests.sim.protocol_worker import ScriptedWorker
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.integration
+
 AGENT = "logged-agent"
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -14,7 +13,10 @@ from livekit.protocol import agent
 from livekit_sim import LiveKitSim
 from livekit_sim.workers import TerminationReason
 from tests.sim.conftest import API_KEY, API_SECRET
+from tests.support.sim import MakeSim
 from tests.support.waiting import eventually as wait_for
+
+pytestmark = pytest.mark.integration
 
 PARTICIPANT_ID = re.compile(r"^PA_[23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz]{12}$")
 
@@ -49,15 +51,8 @@ def workers(sim: LiveKitSim, monkeypatch: pytest.MonkeyPatch) -> FakeWorkers:
 
 
 @pytest.fixture
-async def short_sim(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[LiveKitSim]:
-    async with LiveKitSim(
-        api_key=API_KEY,
-        api_secret=API_SECRET,
-        empty_timeout_s=0.3,
-        departure_timeout_s=0.3,
-        room_check_interval_s=0.05,
-    ) as server:
-        yield server
+async def short_sim(make_sim: MakeSim) -> LiveKitSim:
+    return await make_sim(empty_timeout_s=0.3, departure_timeout_s=0.3, room_check_interval_s=0.05)
 
 
 async def test_create_room_with_agents_gets_only_those_dispatches(

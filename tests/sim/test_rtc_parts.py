@@ -18,6 +18,8 @@ from livekit_sim.rtc import active_speech_s, tone
 from livekit_sim.rtc.data import Sender, TextStreams, stamp, text_stream_packets
 from livekit_sim.rtc.media import SAMPLE_RATE, SpeechSource, frame_to_mono, rms_dbfs
 
+pytestmark = pytest.mark.integration
+
 RELIABLE = models.DataPacket.Kind.RELIABLE
 
 

@@ -19,6 +19,8 @@ from livekit.protocol import agent_dispatch
 from livekit_sim import LiveKitSim
 from tests.sim.conftest import API_KEY, API_SECRET
 
+pytestmark = pytest.mark.integration
+
 CREATE_DISPATCH = "/twirp/livekit.AgentDispatchService/CreateDispatch"
 
 

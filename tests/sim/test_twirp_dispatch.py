@@ -10,6 +10,8 @@ from livekit import api
 
 from livekit_sim import LiveKitSim
 
+pytestmark = pytest.mark.integration
+
 DISPATCH_ID = re.compile(r"^AD_[23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz]{12}$")
 ROOM_ID = re.compile(r"^RM_[23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz]{12}$")
 

@@ -13,7 +13,10 @@ from livekit import api
 
 from livekit_sim import LiveKitSim
 from tests.sim.conftest import API_KEY, API_SECRET
+from tests.support.sim import MakeSim
 from tests.support.waiting import eventually as wait_for
+
+pytestmark = pytest.mark.integration
 
 
 @dataclass
@@ -56,11 +59,8 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 @pytest.fixture
-async def hooked_sim(receiver: Receiver) -> AsyncIterator[LiveKitSim]:
-    async with LiveKitSim(
-        api_key=API_KEY, api_secret=API_SECRET, webhook_urls=[receiver.url]
-    ) as server:
-        yield server
+async def hooked_sim(receiver: Receiver, make_sim: MakeSim) -> LiveKitSim:
+    return await make_sim(webhook_urls=[receiver.url])
 
 
 def verify(hook: Received) -> api.WebhookEvent:

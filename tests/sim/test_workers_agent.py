@@ -18,12 +18,11 @@ from livekit_sim import ids
 from livekit_sim.server import LiveKitSim
 from livekit_sim.workers import TerminationReason
 from tests.sim.agent_apps.harness import WorkerProcess, read_json
+from tests.support.sim import API_KEY, API_SECRET, running_sim
 from tests.support.waiting import eventually as wait_for
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.system, pytest.mark.asyncio(loop_scope="module")]
 
-API_KEY = "workers-test-key"
-API_SECRET = "workers-test-secret-of-at-least-32-bytes"
 AGENT_NAME = "sim-test-agent"
 
 
@@ -40,7 +39,7 @@ class PickFirstOrLast(random.Random):
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def sim() -> AsyncIterator[LiveKitSim]:
-    async with LiveKitSim(api_key=API_KEY, api_secret=API_SECRET) as server:
+    async with running_sim() as server:
         yield server
 
 

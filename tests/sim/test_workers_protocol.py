@@ -16,10 +16,11 @@ from livekit.protocol import agent, models
 from livekit_sim import ids
 from livekit_sim.server import LiveKitSim
 from livekit_sim.workers import TerminationReason
+from tests.support.sim import API_KEY, API_SECRET, MakeSim
 from tests.support.waiting import eventually as wait_for
 
-API_KEY = "protocol-test-key"
-API_SECRET = "protocol-test-secret-of-at-least-32-bytes"
+pytestmark = pytest.mark.integration
+
 OTHER_KEY = "protocol-other-key"
 OTHER_SECRET = "protocol-other-secret-of-at-least-32-bytes"
 
@@ -69,11 +70,10 @@ class RawWorker:
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[LiveKitSim]:
-    extra = {OTHER_KEY: OTHER_SECRET}
-    async with LiveKitSim(api_key=API_KEY, api_secret=API_SECRET, extra_keys=extra) as server:
-        server.workers.availability_timeout_s = 0.5
-        yield server
+async def sim(make_sim: MakeSim) -> LiveKitSim:
+    server = await make_sim(extra_keys={OTHER_KEY: OTHER_SECRET})
+    server.workers.availability_timeout_s = 0.5
+    return server
 
 
 @pytest.fixture
