@@ -88,12 +88,23 @@ class Scenario:
         self.sent.append(sent)
         return sent
 
+    async def handled(self, sent: Sent, timeout_s: float = 10.0) -> str | None:
+        """The event's outcome once a worker has handled it (None if none came in time)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            outcome: bytes | None = await self.redis.hget(  # type: ignore[misc]
+                keys.event_key(sent.event_id), "outcome"
+            )
+            if outcome is not None or asyncio.get_running_loop().time() > deadline:
+                return outcome.decode() if outcome is not None else None
+            await asyncio.sleep(0.05)
+
     async def opening(self) -> None:
-        first = None
-        for i in range(1, 5):
-            sent = await self.send(self.room(f"support-{i}"), "new")
-            first = first or sent
-        assert first is not None
+        opened = [await self.send(self.room(f"support-{i}"), "new") for i in range(1, 5)]
+        first = opened[0]
+        # Jobs run side by side: the second event for support-2 must come after the first
+        # holds the room, or the two would race for it.
+        await self.handled(opened[1])
         await self.send(first.room, "same-event", event_id=first.event_id)
         self.say(f"sent {first.event_id} twice: one job ({first.job_id})")
         await self.send(
