@@ -3,8 +3,10 @@ with a verdict and, when it is not ok, the fix.
 
 Checks: the settings load; Redis answers and persists what it is given; an orchestrator
 worker is alive (arq's health-check key) and keeping up with the queue; LiveKit answers, our
-clock agrees with its clock, it accepts our credentials; and an agent worker accepts a real
-test job for the configured agent_name (a throw-away room, deleted afterwards).
+clock agrees with its clock, it accepts our credentials; no running room has an agent that
+was dispatched by something else (a token naming agents, automatic dispatch); and an agent
+worker accepts a real test job for the configured agent_name (a throw-away room, deleted
+afterwards).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from orchestrator.errors import LiveKitError
 from orchestrator.gateway import LiveKitGateway
+from orchestrator.gateway.strays import StrayDispatch, stray_dispatches, stray_fix
 from orchestrator.settings import Settings
 from tasks import keys
 from tasks.models import JobMetadata
@@ -38,6 +41,8 @@ SKEW_WARN_S = 5.0
 SKEW_FAIL_S = 60.0
 """LiveKit accepts tokens up to a minute outside their validity (its JWT leeway)."""
 QUEUE_LAG_WARN_S = 30.0
+STRAY_ROOMS_CHECKED = 500
+"""The stray-agent check lists the dispatches of at most this many running rooms."""
 
 
 @dataclass(frozen=True)
@@ -252,6 +257,7 @@ async def livekit_checks(settings: Settings, *, agent_timeout_s: float, probe: b
             ),
             Check("clock skew", "skip", "LiveKit is unreachable"),
             Check("livekit credentials", "skip", "LiveKit is unreachable"),
+            Check("stray agents", "skip", "LiveKit is unreachable"),
             Check("agent worker", "skip", "LiveKit is unreachable"),
         ]
     checks = [Check("livekit", "ok", f"{url} answers"), skew_check(clock)]
@@ -267,11 +273,13 @@ async def livekit_checks(settings: Settings, *, agent_timeout_s: float, probe: b
             if checks[1].status == "fail":
                 fix += "; the clock skew above also makes valid keys fail"
             checks.append(Check("livekit credentials", "fail", str(exc), fix))
+            checks.append(Check("stray agents", "skip", "LiveKit refused the credentials"))
             checks.append(Check("agent worker", "skip", "LiveKit refused the credentials"))
             return checks
         checks.append(
             Check("livekit credentials", "ok", f"key {settings.livekit_api_key!r} accepted")
         )
+        checks.append(await stray_agents_check(gateway))
         if probe:
             checks.append(await agent_probe(gateway, settings, agent_timeout_s))
         else:
@@ -279,6 +287,32 @@ async def livekit_checks(settings: Settings, *, agent_timeout_s: float, probe: b
     finally:
         await gateway.aclose()
     return checks
+
+
+async def stray_agents_check(gateway: LiveKitGateway) -> Check:
+    """Running rooms whose agent came from a dispatch we did not make."""
+    try:
+        rooms = await gateway.list_rooms()
+        checked = rooms[:STRAY_ROOMS_CHECKED]
+        found: list[StrayDispatch] = []
+        for room in checked:
+            found += stray_dispatches(room.name, await gateway.running_room_dispatches(room.name))
+    except LiveKitError as exc:
+        return Check("stray agents", "warn", f"could not list the rooms' dispatches: {exc}")
+    of = f"{len(checked)} running rooms" + (
+        f" (the first {len(checked)} of {len(rooms)})" if len(rooms) > len(checked) else ""
+    )
+    if not found:
+        return Check("stray agents", "ok", f"every agent in {of} came from lk-dispatch")
+    names = sorted({s.agent_name for s in found})
+    shown = ", ".join(f"{s.room} (agent_name={s.agent_name!r})" for s in found[:5])
+    more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+    return Check(
+        "stray agents",
+        "warn",
+        f"{len(found)} of {of} got an agent nobody dispatched through lk-dispatch: {shown}{more}",
+        "; ".join(stray_fix(name) for name in names),
+    )
 
 
 async def agent_probe(gateway: LiveKitGateway, settings: Settings, timeout_s: float) -> Check:

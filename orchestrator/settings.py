@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     its room claim may wait to share a Redis write with other jobs' claims: more dispatches a
     second while the backlog drains. An event that did not wait never waits here."""
 
+    client_url: str | None = None
+    """The LiveKit URL that callers' apps connect to, handed out with join tokens, when it is
+    not LIVEKIT_URL (a server reached on an internal name, a load balancer in front)."""
+
     http_host: str = "127.0.0.1"
     http_port: int = 8089
     api_token: SecretStr | None = None
@@ -114,6 +118,15 @@ class Settings(BaseSettings):
         for ws, http in (("ws://", "http://"), ("wss://", "https://")):
             if url.startswith(ws):
                 return http + url[len(ws) :]
+        return url
+
+    @property
+    def client_livekit_url(self) -> str:
+        """The URL for LiveKit's client SDKs: LKD_CLIENT_URL, else LIVEKIT_URL as ws(s)://."""
+        url = self.client_url or self.livekit_url
+        for http, ws in (("http://", "ws://"), ("https://", "wss://")):
+            if url.startswith(http):
+                return ws + url[len(http) :]
         return url
 
 

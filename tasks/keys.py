@@ -128,6 +128,14 @@ def agent_worker_key(instance: str) -> str:
     return f"{PREFIX}agent-worker:{instance}"
 
 
+def stray_agent_key(room: str) -> str:
+    """Set (for a day) once the webhook receiver has said that `room` got an agent nobody
+    dispatched through us, so that it says so once."""
+    return f"{PREFIX}stray-agent:{room}"
+
+
+STRAY_AGENT_NOTICE_S = 24 * 3600
+
 REDIS_OUTAGE = PREFIX + "redis-outage"
 """Hash {started_ms, ended_ms} of the last Redis outage an orchestrator worker rode out:
 heartbeats could not be written then, so their silence is not read as death."""

@@ -38,7 +38,7 @@ MAY_IMPORT: dict[str, set[str]] = {
         "orchestrator.metrics", "orchestrator.settings", "orchestrator.logs", "tasks",
     },
     "orchestrator.http": {
-        "orchestrator.store", "orchestrator.errors", "orchestrator.metrics",
+        "orchestrator.store", "orchestrator.gateway", "orchestrator.errors", "orchestrator.metrics",
         "orchestrator.settings", "orchestrator.logs", "tasks",
     },
     "orchestrator.doctor": {
@@ -48,6 +48,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "orchestrator.__main__": {"orchestrator.cli"},
     "orchestrator.cli": {
         "orchestrator.http", "orchestrator.doctor", "orchestrator.demo", "orchestrator.store",
+        "orchestrator.gateway",
         "orchestrator.errors", "orchestrator.settings", "orchestrator.logs", "tasks",
     },
     "orchestrator.demo": {

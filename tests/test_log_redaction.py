@@ -1,5 +1,5 @@
-"""No log line of any process carries job metadata values, the LiveKit API secret or the API
-token, and every step of a session can be found in the logs by its session_id.
+"""No log line of any process carries job metadata values, the LiveKit API secret, the API
+token or a join token, and every step of a session can be found in the logs by its session_id.
 
 A full run, every part a real process: the LiveKit sim, the HTTP service, an orchestrator
 worker, an agent worker, and the command line; events in through the HTTP API, through the
@@ -122,11 +122,19 @@ async def flow(redis_server: LocalRedis, redis: Redis, tmp_path: Path) -> AsyncI
 
 async def test_no_metadata_secret_or_token_in_any_log_line(flow: Flow) -> None:
     payload = {"user_name": "Ada", "user_phone": PHONE, "demo": {"wait_for_caller": True}}
+    caller = {"identity": "caller", "metadata": json.dumps({"phone": PHONE})}
     status, accepted = await flow.post(
-        "/v1/dispatches", {"event_id": "redact-1", "room": "redact-room-1", "metadata": payload}
+        "/v1/dispatches",
+        {
+            "event_id": "redact-1",
+            "room": "redact-room-1",
+            "metadata": payload,
+            "participant": caller,
+        },
     )
     assert status == 202, accepted
     caller_session = accepted["session_id"]
+    join_tokens = [accepted["join"]["token"]]
     producer = await create_redis(flow.env["REDIS_URL"])
     await enqueue_dispatch(
         producer,
@@ -158,6 +166,11 @@ async def test_no_metadata_secret_or_token_in_any_log_line(flow: Flow) -> None:
     await eventually(
         lambda: _is(status_of(talk_session), "assigned"), timeout_s=60, what="assigned"
     )
+    status, join = await flow.post(
+        f"/v1/sessions/{talk_session}/tokens", {"identity": "nurse", "attributes": {"tel": PHONE}}
+    )
+    assert status == 201, join
+    join_tokens.append(join["token"])
     status, ended = await flow.post("/v1/sessions/end", {"session_id": talk_session})
     assert status == 202, ended
 
@@ -172,6 +185,12 @@ async def test_no_metadata_secret_or_token_in_any_log_line(flow: Flow) -> None:
     for args in (["sessions"], ["session", caller_session], ["results"], ["doctor", "--json"]):
         ran = await run_cli(child_environment(flow.env), *args)
         cli_output.append(ran.out + ran.err)
+    ran = await run_cli(
+        child_environment(flow.env), "token", "--room", "redact-room-2", "--identity", "cli-caller",
+        "--metadata", PHONE, "--json",
+    )  # fmt: skip
+    join_tokens.append(json.loads(ran.out)["token"])  # the answer: on stdout, logged nowhere
+    cli_output.append(ran.err)
     await producer.aclose()
     await flow.supervisor.stop_all([["agent", "http"], ["worker"]])
 
@@ -179,7 +198,7 @@ async def test_no_metadata_secret_or_token_in_any_log_line(flow: Flow) -> None:
     logs["cli"] = "\n".join(cli_output)
     assert set(logs) >= {"worker.log", "http.log", "agent.log", "livekit.log", "cli"}
     for name, text in logs.items():
-        for needle in (PHONE, PHONE[1:], SECRET, TOKEN):
+        for needle in (PHONE, PHONE[1:], SECRET, TOKEN, *join_tokens):
             assert needle not in text, f"{needle!r} appears in {name}"
 
     # The paths that hold the phone number in their input did run.

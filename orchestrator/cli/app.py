@@ -113,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--payload", action="store_true", help="show the kept payloads (personal data!)")
     _json_flag(p)
 
+    p = sub.add_parser("token", help="a join token for a person to enter a room")
+    p.add_argument("--room", required=True, help="the LiveKit room")
+    p.add_argument("--identity", required=True, help="who joins; unique within the room")
+    p.add_argument("--name", help="the name others see")
+    p.add_argument("--metadata", help="free text (often JSON) others in the room can read")
+    p.add_argument("--attribute", action="append", metavar="NAME=VALUE", help="an attribute")
+    p.add_argument("--ttl-s", type=int, default=3600, help="how long it can be used to join")
+    p.add_argument("--no-publish", action="store_true", help="listen only: publish nothing")
+    _json_flag(p)
+
     p = sub.add_parser("serve", help="run the HTTP API, webhook receiver and dashboard")
     p.add_argument("--host", help="default: LKD_HTTP_HOST")
     p.add_argument("--port", type=_port, help="default: LKD_HTTP_PORT")
@@ -148,6 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         from orchestrator.cli.doctor_command import run_doctor
 
         return run_doctor(args, out, client)
+    if args.command == "token":
+        from orchestrator.cli.token import run_token
+
+        try:
+            return run_token(args, out)
+        except (UsageError, ConfigError) as exc:
+            out.error(str(exc))
+            return EXIT_USAGE
     if args.command == "demo":
         from orchestrator.demo.run import run_demo
 

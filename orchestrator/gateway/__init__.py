@@ -83,6 +83,10 @@ class LiveKitGateway:
         """
         if not await self.list_rooms([room]):
             return []
+        return await self.running_room_dispatches(room)
+
+    async def running_room_dispatches(self, room: str) -> list[api.AgentDispatch]:
+        """The dispatches of a room just listed as running (no ListRooms first)."""
         response = await self._call(
             DISPATCH,
             "ListDispatch",

@@ -1,5 +1,5 @@
-"""The JSON API under /v1: dispatch and end sessions, look them up, read results and dead
-letters, replay a failed dispatch."""
+"""The JSON API under /v1: dispatch and end sessions, look them up, give the people in a room
+their join tokens, read results and dead letters, replay a failed dispatch."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from orchestrator.gateway.join import Join, Participant, join_token
 from orchestrator.http.errors import ApiError, invalid, not_found
 from orchestrator.http.schemas import (
     CountQuery,
@@ -15,6 +16,7 @@ from orchestrator.http.schemas import (
     DeadLetterQuery,
     DeadLetterView,
     DispatchAccepted,
+    DispatchBody,
     EndSessionAccepted,
     EventView,
     ReplayAccepted,
@@ -30,7 +32,6 @@ from orchestrator.http.spec import Route
 from orchestrator.store import dead_letters, queries
 from orchestrator.store.record import Session
 from tasks import (
-    DispatchRequest,
     EndSessionRequest,
     enqueue_dispatch,
     enqueue_end_session,
@@ -77,8 +78,8 @@ async def _event(request: web.Request, event_id: str) -> EventView:
 
 
 async def post_dispatch(request: web.Request) -> web.Response:
-    body = await parse_body(request, DispatchRequest)
-    job = await enqueue_dispatch(of(request).redis, body)
+    body = await parse_body(request, DispatchBody)
+    job = await enqueue_dispatch(of(request).redis, body.request())
     event = await _event(request, body.event_id)
     session_id = event.session_id or session_id_for(body.event_id)
     answer = DispatchAccepted(
@@ -88,6 +89,8 @@ async def post_dispatch(request: web.Request) -> web.Response:
         outcome=event.outcome,
         status_url=f"/v1/sessions/{session_id}",
     )
+    if body.participant is not None:
+        answer.join = join_token(of(request).settings, body.room, body.participant)
     return reply(answer, 202)
 
 
@@ -126,6 +129,21 @@ async def post_end_session(request: web.Request) -> web.Response:
     job = await enqueue_end_session(of(request).redis, body)
     answer = EndSessionAccepted(job_id=job.job_id, session_id=session.session_id, room=session.room)
     return reply(answer, 202)
+
+
+async def post_session_token(request: web.Request) -> web.Response:
+    session_id = request.match_info["session_id"]
+    participant = await parse_body(request, Participant)
+    session = await queries.get_session(of(request).redis, session_id)
+    if session is None:
+        raise not_found(f"no session {session_id!r}: unknown, or older than the session retention")
+    if session.terminal:
+        raise ApiError(
+            409,
+            "already_ended",
+            f"session {session_id} has ended ({session.status}): its room has no agent to join",
+        )
+    return reply(join_token(of(request).settings, session.room, participant), 201)
 
 
 def _session_reply(session: Session | None, missing: str) -> web.Response:
@@ -218,8 +236,9 @@ async def replay_dead_letter(request: web.Request) -> web.Response:
 
 ROUTES = [
     Route("POST", "/v1/dispatches", post_dispatch, "Dispatch an agent for an event", "write",
-          body=DispatchRequest, answer=DispatchAccepted, status=202,
-          description="Idempotent on event_id: the same event again returns the same ids."),
+          body=DispatchBody, answer=DispatchAccepted, status=202,
+          description="Idempotent on event_id: the same event again returns the same ids "
+                      "(and, with a participant, a new join token)."),
     Route("GET", "/v1/events/{event_id}", get_event, "What happened to an event", "read",
           answer=EventView, errors=(404,)),
     Route("POST", "/v1/sessions/end", post_end_session, "End a session by id or room", "write",
@@ -228,6 +247,9 @@ ROUTES = [
           query=SessionQuery, answer=SessionPage),
     Route("GET", "/v1/sessions/{session_id}", get_session, "A session by id", "read",
           answer=SessionView, errors=(404,)),
+    Route("POST", "/v1/sessions/{session_id}/tokens", post_session_token,
+          "A join token for a live session's room", "write", body=Participant, answer=Join,
+          status=201, errors=(404, 409)),
     Route("GET", "/v1/rooms/{room}/session", get_room_session, "A room's newest session",
           "read", answer=SessionView, errors=(404,)),
     Route("GET", "/v1/results", list_results, "Newest reports on the results stream", "read",

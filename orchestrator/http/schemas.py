@@ -10,8 +10,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from orchestrator.gateway.join import Join, Participant
 from orchestrator.store.record import Session, SessionStatus
-from tasks.models import SessionReport
+from tasks.models import DispatchRequest, SessionReport
 
 
 class _Answer(BaseModel):
@@ -45,6 +46,17 @@ class ValidationErrorBody(_Answer):
     fields: list[FieldError]
 
 
+class DispatchBody(DispatchRequest):
+    """An event, as `tasks.DispatchRequest`, and optionally the person who will join its room."""
+
+    participant: Participant | None = None
+    """Asks for a join token for this person: the answer's `join`."""
+
+    def request(self) -> DispatchRequest:
+        """The event alone, as it goes on the queue (the participant never does)."""
+        return DispatchRequest.model_validate(self.model_dump(exclude={"participant"}))
+
+
 class DispatchAccepted(_Answer):
     """A dispatch request on the queue. Posting the same `event_id` again returns the same
     ids and queues nothing more."""
@@ -58,6 +70,8 @@ class DispatchAccepted(_Answer):
     """What the worker did with the event (dispatched, deduplicated, expired, failed, ...);
     null until a worker has handled it."""
     status_url: str
+    join: Join | None = None
+    """With a `participant` in the request: how that person joins the room."""
 
 
 class EventView(_Answer):

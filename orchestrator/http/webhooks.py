@@ -7,6 +7,10 @@ and asks for the end like a producer would (an `end_session` job: the dispatch i
 and a session no agent ever took is closed at once). The agent's own report still wins if it
 arrives; otherwise reconciliation, the one place that decides a session is `lost`, files that
 report once the grace has passed. Reconciliation stays the safety net for missed webhooks.
+
+An agent joining a room (`participant_joined`) that is not our live session's agent was
+dispatched by something else (a token naming agents, automatic dispatch): that is said once
+per room, with the fix (`orchestrator.gateway.strays`).
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ from aiohttp import web
 from google.protobuf import json_format
 from livekit.protocol import models, webhook
 
+from orchestrator.gateway.strays import AGENT_NAME_ATTRIBUTE, stray_fix
 from orchestrator.http.errors import ApiError
 from orchestrator.http.observe import WEBHOOKS
 from orchestrator.http.service import Service, of
 from orchestrator.http.spec import Route
 from orchestrator.store.record import LIVE, Session, SessionStatus
 from orchestrator.store.sessions import now_ms
-from tasks import EndSessionRequest, enqueue_end_session
+from tasks import EndSessionRequest, enqueue_end_session, keys
 
 log = structlog.get_logger("orchestrator.webhooks")
 
@@ -63,8 +68,32 @@ def why_not(session: Session | None, event: webhook.WebhookEvent) -> str | None:
     return None
 
 
+async def notice_stray_agent(svc: Service, event: webhook.WebhookEvent) -> str:
+    """An agent joined: ours, or one nobody dispatched through us (said once per room)."""
+    room, agent = event.room.name, event.participant
+    session = await svc.store.find_live(room=room)
+    if session is not None and is_session_agent(session, agent):
+        return "session_agent"
+    first = await svc.redis.set(
+        keys.stray_agent_key(room), agent.identity, nx=True, ex=keys.STRAY_AGENT_NOTICE_S
+    )
+    if first:
+        agent_name = agent.attributes.get(AGENT_NAME_ATTRIBUTE)
+        log.warning(
+            "an agent nobody dispatched through lk-dispatch joined",
+            room=room,
+            agent_identity=agent.identity,
+            agent_name=agent_name,
+            beside_session=session.session_id if session else None,
+            fix=stray_fix(agent_name),
+        )
+    return "stray_agent"
+
+
 async def handle_event(svc: Service, event: webhook.WebhookEvent) -> str:
     """Act on one verified event; what was done, for the answer and the metrics."""
+    if event.event == "participant_joined" and event.participant.kind == AGENT:
+        return await notice_stray_agent(svc, event)
     if event.event not in _ENDS:
         return "ignored"
     room = event.room.name

@@ -62,6 +62,22 @@ CASES: dict[str, tuple[list[str], dict[str, str], str]] = {
     "replay past 64 bits": (
         ["dead-letters", "replay", "18446744073709551616-0"], {}, "not an entry id"
     ),
+    "token for an empty identity": (
+        ["token", "--room", "r", "--identity", ""], {}, "--identity: String should have at least"
+    ),
+    "token attribute without a value": (
+        ["token", "--room", "r", "--identity", "i", "--attribute", "tier"], {}, "use NAME=VALUE"
+    ),
+    "token for 5 seconds": (
+        ["token", "--room", "r", "--identity", "i", "--ttl-s", "5"], {}, "--ttl-s"
+    ),
+    "token for a room with a control byte": (
+        ["token", "--room", "a\x01b", "--identity", "i"], {}, "--room: must not contain control"
+    ),
+    "token without LiveKit's secret": (
+        ["token", "--room", "r", "--identity", "i"], {"LIVEKIT_API_SECRET": ""},
+        "LIVEKIT_API_SECRET",
+    ),
 }  # fmt: skip
 
 

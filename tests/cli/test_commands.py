@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from arq import ArqRedis
 from arq.worker import Worker
+from livekit import api
 
 from livekit_sim import LiveKitSim
 from orchestrator.demo.local_redis import free_port
@@ -225,3 +226,29 @@ async def test_serve_answers_then_stops_cleanly_on_sigterm(
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.wait(), 10)
     assert code == 0
+
+
+async def test_token_gives_a_person_a_join_token_for_the_room(cli: Cli, sim: LiveKitSim) -> None:
+    ran = await cli(
+        "token", "--room", "room 7", "--identity", "caller-7", "--name", "Ada",
+        "--attribute", "tier=gold", "--ttl-s", "120", "--no-publish", "--json",
+    )  # fmt: skip
+    assert ran.code == 0, ran.err
+    join = ran.json()
+    assert (join["url"], join["room"]) == ("ws://" + sim.url.removeprefix("http://"), "room 7")
+    claims = api.TokenVerifier(sim.api_key, sim.api_secret).verify(join["token"])
+    assert (claims.identity, claims.name, claims.attributes) == (
+        "caller-7",
+        "Ada",
+        {"tier": "gold"},
+    )
+    assert claims.video is not None
+    assert (claims.video.room_join, claims.video.room) == (True, "room 7")
+    assert (claims.video.can_publish, claims.video.can_subscribe) == (False, True)
+    assert claims.room_config is None
+
+    ran = await cli("token", "--room", "room 7", "--identity", "caller-8", NO_COLOR="1")
+    assert ran.code == 0, ran.err
+    lines = dict(line.split(":", 1) for line in ran.out.splitlines())
+    assert set(lines) == {"url", "room", "expires", "token"}
+    assert api.TokenVerifier(sim.api_key, sim.api_secret).verify(lines["token"].strip())

@@ -14,6 +14,7 @@ from email.utils import formatdate
 
 import pytest
 from arq import ArqRedis
+from livekit import api
 from redis.asyncio import Redis
 
 from livekit_sim import LiveKitSim
@@ -26,9 +27,9 @@ from orchestrator.doctor import (
     worker_checks,
 )
 from orchestrator.settings import Settings
-from tasks import keys
+from tasks import DispatchRequest, enqueue_dispatch, keys, session_id_for
 from tests.cli.conftest import REPO, Cli, cli_env
-from tests.orchestrator.conftest import AGENT, RunWorker, make_settings
+from tests.orchestrator.conftest import AGENT, API_KEY, API_SECRET, RunWorker, make_settings
 from tests.support.fake_worker import AcceptingWorker
 from tests.support.waiting import eventually
 
@@ -45,6 +46,7 @@ CHECKS = [
     "livekit",
     "clock skew",
     "livekit credentials",
+    "stray agents",
     "agent worker",
 ]
 
@@ -231,3 +233,36 @@ async def test_the_last_redis_outage_the_workers_rode_out_is_shown(arq_redis: Ar
     [outages] = [c for c in await worker_checks(arq_redis) if c.name == "redis outages"]
     assert outages.status == "ok"
     assert "it lasted 42 s and ended 120 s ago" in outages.detail
+
+
+async def test_a_room_whose_agent_came_from_elsewhere_is_a_warning_with_the_fix(
+    sim: LiveKitSim,
+    settings: Settings,
+    arq_redis: ArqRedis,
+    orchestrator: object,
+    agent_worker: AcceptingWorker,
+) -> None:
+    await enqueue_dispatch(arq_redis, DispatchRequest(event_id="ev-ours", room="our-room"))
+    session = keys.session_key(session_id_for("ev-ours"))
+    await eventually(
+        lambda: _has(arq_redis.hget(session, "status"), b"assigned"), what="our session assigned"
+    )
+    async with api.LiveKitAPI(sim.url, API_KEY, API_SECRET) as lk:  # as a token's room config
+        agents = [api.RoomAgentDispatch(agent_name=AGENT)]
+        await lk.room.create_room(api.CreateRoomRequest(name="token-room", agents=agents))
+    await eventually(
+        lambda: [j for j in agent_worker.jobs if j.room.name == "token-room"],
+        what="the token's agent in its room",
+    )
+
+    stray = by_name(await run_checks(settings.redis_url, settings, probe=False))["stray agents"]
+
+    assert stray.status == "warn"
+    assert "1 of 2 running rooms" in stray.detail
+    assert f"token-room (agent_name={AGENT!r})" in stray.detail
+    assert "our-room" not in stray.detail
+    assert "room configuration naming agents" in stray.fix
+
+
+async def _has(value: object, expected: object) -> bool:
+    return await value == expected  # type: ignore[misc]

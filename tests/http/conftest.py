@@ -14,7 +14,6 @@ from aiohttp import web
 
 from livekit_sim import LiveKitSim
 from orchestrator.demo.local_redis import LocalRedis
-from orchestrator.http import create_app
 from orchestrator.settings import Settings
 from tests.orchestrator.conftest import (  # noqa: F401  (fixtures)
     API_KEY,
@@ -25,6 +24,7 @@ from tests.orchestrator.conftest import (  # noqa: F401  (fixtures)
     orchestrator,
     run_worker,
 )
+from tests.support.http_service import base_url, listening_socket, running_service
 from tests.support.sim import MakeSim
 
 TOKEN = "http-test-token-0123456789"
@@ -33,15 +33,9 @@ TOKEN = "http-test-token-0123456789"
 @pytest.fixture
 def http_socket() -> Iterator[socket.socket]:
     """The service's listening socket, bound first so the sim can be told where to post."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock = listening_socket()
     yield sock
     sock.close()
-
-
-def base_url(sock: socket.socket) -> str:
-    return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 @pytest.fixture
@@ -71,12 +65,8 @@ async def service(
     arq_redis: object,  # noqa: F811  (Redis flushed before the app starts)
 ) -> AsyncIterator[Service]:
     """The HTTP service, running in this process on `http_socket` (Redis flushed first)."""
-    app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.SockSite(runner, http_socket).start()
-    yield Service(base_url(http_socket), settings, app)
-    await runner.cleanup()
+    async with running_service(settings, http_socket) as (url, app):
+        yield Service(url, settings, app)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from arq.worker import Worker
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from livekit_sim import LiveKitSim
+from orchestrator.gateway.join import Participant
 from orchestrator.http.app import routes
 from orchestrator.http.service import SERVICE
 from orchestrator.store import queries
@@ -20,6 +21,7 @@ from tests.http.conftest import Service
 from tests.orchestrator.test_dispatch import CREATE
 from tests.orchestrator.test_sessions import agent_report
 from tests.support.fake_worker import AcceptingWorker
+from tests.support.http_service import running_service
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -181,27 +183,13 @@ async def test_token_is_required_and_checked(
 async def test_without_a_token_setting_the_api_is_read_only(
     settings: Any, arq_redis: ArqRedis
 ) -> None:
-    from aiohttp import web
-
-    from orchestrator.http import create_app
-
-    app = create_app(settings.model_copy(update={"api_token": None}))
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as anon:
-            status, _ = await call(anon, "GET", "/v1/sessions")
-            assert status == 200
-            status, body = await call(
-                anon, "POST", "/v1/dispatches", {"event_id": "e", "room": "r"}
-            )
-            assert (status, body["error"]) == (403, "read_only")
-            assert "LKD_API_TOKEN" in body["reason"]
-    finally:
-        await runner.cleanup()
+    read_only = settings.model_copy(update={"api_token": None})
+    async with running_service(read_only) as (url, _), aiohttp.ClientSession(base_url=url) as anon:
+        status, _ = await call(anon, "GET", "/v1/sessions")
+        assert status == 200
+        status, body = await call(anon, "POST", "/v1/dispatches", {"event_id": "e", "room": "r"})
+        assert (status, body["error"]) == (403, "read_only")
+        assert "LKD_API_TOKEN" in body["reason"]
 
 
 async def test_dead_letters_are_listed_and_replayed_once(
@@ -248,7 +236,9 @@ async def test_openapi_document_is_generated_from_the_routes_and_models(
     served = {(r.method, r.path) for r in routes()}
     assert documented == served
     schemas = doc["components"]["schemas"]
-    assert set(schemas["DispatchRequest"]["properties"]) == set(DispatchRequest.model_fields)
+    event_fields = set(DispatchRequest.model_fields)
+    assert set(schemas["DispatchBody"]["properties"]) == event_fields | {"participant"}
+    assert set(schemas["Participant"]["properties"]) == set(Participant.model_fields)
     dispatch = doc["paths"]["/v1/dispatches"]["post"]
     assert dispatch["security"] == [{"bearerAuth": []}]
     assert set(dispatch["responses"]) >= {"202", "401", "403", "422"}

@@ -88,7 +88,7 @@ async def test_a_signed_webhook_too_large_is_413_not_401(
 async def test_the_document_says_what_the_api_takes(anonymous: aiohttp.ClientSession) -> None:
     async with anonymous.get("/openapi.json") as resp:
         doc: dict[str, Any] = await resp.json()
-    event = doc["components"]["schemas"]["DispatchRequest"]["properties"]
+    event = doc["components"]["schemas"]["DispatchBody"]["properties"]
     assert event["event_id"]["pattern"] == "^[A-Za-z0-9._:@/+=-]+$"
     assert "256 bytes" in event["room"]["description"]
     post = doc["paths"]["/v1/dispatches"]["post"]["responses"]

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 from arq import ArqRedis
 from arq.worker import Worker
 from livekit import api
@@ -19,6 +20,7 @@ from livekit.protocol import models, webhook
 from livekit_sim import LiveKitSim
 from livekit_sim.webhooks import encode_event, sign_body
 from orchestrator.demo.local_redis import LocalRedis
+from orchestrator.http import webhooks
 from orchestrator.http.webhooks import is_session_agent, why_not
 from orchestrator.settings import Settings
 from orchestrator.store.record import Session, SessionStatus
@@ -223,3 +225,51 @@ def test_a_room_that_closed_before_the_dispatch_does_not_end_it() -> None:
     assert why_not(held(dispatched, dispatched_at=(now_s - 5) * 1000), event) is None
     assert why_not(held(SessionStatus.CLAIMED), event) == "not_dispatched_yet"
     assert why_not(held(SessionStatus.LOST, dispatched_at=1), event) == "no_live_session"
+
+
+STRAY = "an agent nobody dispatched through lk-dispatch joined"
+
+
+async def test_an_agent_nobody_dispatched_through_us_is_told_once_with_the_fix(
+    client: aiohttp.ClientSession,
+    sim: LiveKitSim,
+    orchestrator: Worker,
+    agent_worker: AcceptingWorker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with structlog.testing.capture_logs() as said:
+        # The module's logger, bound afresh under the capture (structlog caches bound loggers).
+        monkeypatch.setattr(webhooks, "log", structlog.get_logger("orchestrator.webhooks"))
+        # A room we hold no session in: an unnamed worker's automatic dispatch, twice.
+        for n in (1, 2):
+            told = await counted_once_more(client, "participant_joined", "stray_agent")
+            await sim.join_participant(
+                "r-auto", f"agent-AJ_auto{n}", kind="agent", attributes={"lk.agent.name": ""}
+            )
+            await eventually(told, what=f"stray agent {n} noticed")
+
+        # Our session's agent, then a token's agent beside it.
+        _, accepted = await call(
+            client, "POST", "/v1/dispatches", {"event_id": "evt-mixed", "room": "r-mixed"}
+        )
+        sid = accepted["session_id"]
+        session = await eventually(lambda: session_in(client, sid, "assigned"), what="assigned")
+        ours = await counted_once_more(client, "participant_joined", "session_agent")
+        await sim.join_participant("r-mixed", f"agent-{session['job_id']}", kind="agent")
+        await eventually(ours, what="our agent recognised")
+        told = await counted_once_more(client, "participant_joined", "stray_agent")
+        await sim.join_participant(
+            "r-mixed", "agent-AJ_token", kind="agent", attributes={"lk.agent.name": "billing"}
+        )
+        await eventually(told, what="the token's agent noticed")
+
+    said = [entry for entry in said if entry["event"] == STRAY]
+    assert [(e["room"], e["agent_name"], e["log_level"]) for e in said] == [
+        ("r-auto", "", "warning"),
+        ("r-mixed", "billing", "warning"),
+    ]
+    assert "automatic dispatch" in said[0]["fix"]
+    assert said[0]["beside_session"] is None
+    assert "room configuration naming agents" in said[1]["fix"]
+    assert said[1]["beside_session"] == sid
+    assert await session_in(client, sid, "assigned")  # our session goes on

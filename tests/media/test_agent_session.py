@@ -8,16 +8,18 @@ sim and Redis are this test's own. Everything runs inside the private network na
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from arq import ArqRedis
 from arq.worker import Worker
-from livekit import api
+from livekit import api, rtc
 from livekit.protocol import models
 
 from livekit_sim import LiveKitSim
@@ -30,6 +32,7 @@ from tasks import (
 from tests.agent.worker_process import AgentWorker
 from tests.media.conftest import API_KEY, API_SECRET, CALLER_WAV
 from tests.support.events import send_event
+from tests.support.http_service import running_service
 from tests.support.orchestrator_worker import running_orchestrator, settings_for
 from tests.support.sim import running_sim
 from tests.support.waiting import eventually
@@ -189,3 +192,42 @@ async def test_a_caller_who_never_joins_ends_the_session_on_the_empty_timeout(
     assert (report.status, report.source) == ("completed", "agent")
     assert report.end_reason in ROOM_CLOSED
     assert report.participants == []
+
+
+async def test_a_caller_joins_with_the_token_its_dispatch_answered(
+    orchestrator: Worker,
+    sim: LiveKitSim,
+    queue: ArqRedis,
+    redis_server: LocalRedis,
+    agent_name: str,
+) -> None:
+    room = f"joined-{uuid.uuid4().hex[:8]}"
+    settings = settings_for(redis_server.url, sim, agent_name, api_token="media-api-token")
+    person = {"identity": "caller-7", "name": "Ada", "attributes": {"ticket": "T-1"}}
+    event = {"event_id": f"ev-{uuid.uuid4().hex[:12]}", "room": room, "participant": person}
+    headers = {"Authorization": "Bearer media-api-token"}
+    async with (
+        running_service(settings) as (url, _),
+        aiohttp.ClientSession(base_url=url, headers=headers) as http,
+        http.post("/v1/dispatches", json=event) as resp,
+    ):
+        assert resp.status == 202, await resp.text()
+        answer = await resp.json()
+    join = answer["join"]
+    me = await eventually(lambda: agent_in_room(sim, room), timeout_s=30, what="the agent")
+
+    caller = rtc.Room()
+    await asyncio.wait_for(caller.connect(join["url"], join["token"]), 30)
+    try:
+        agent_seen = await eventually(
+            lambda: caller.remote_participants.get(me.identity), what="the agent, from the caller"
+        )
+        assert agent_seen.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+        [info] = [p for p in sim.participants(room) if p.identity == "caller-7"]
+        assert (info.name, dict(info.attributes)) == ("Ada", {"ticket": "T-1"})
+    finally:
+        await caller.disconnect()
+
+    report = await report_of(queue, answer["session_id"])
+    assert (report.status, report.end_reason) == ("completed", "every participant left")
+    assert [(p.identity, p.kind) for p in report.participants] == [("caller-7", "standard")]
