@@ -83,18 +83,22 @@ def load_handler(path: str) -> SessionHandler:
 
 async def greeter(session: SessionContext) -> str:
     """The default handler, a programmatic participant: joins the room, greets the first
-    person on the greeting topic, and ends the session once every person has left. The
-    report gives each participant's speaking time, measured from the audio it published."""
+    person on the greeting topic (when it may send data), and ends the session once every
+    person has left. The report gives each participant's speaking time, measured from the
+    audio it published."""
     settings = session.settings
     session.participants.measure_speaking(session.job.room)
     await session.job.connect()
     session.log.info("joined the room")
     if not await session.participants.wait_for_human(settings.first_participant_timeout_s):
         return f"nobody joined within {settings.first_participant_timeout_s:g} s"
-    await session.job.room.local_participant.send_text(
-        settings.greeting_text, topic=settings.greeting_topic
-    )
-    session.outputs["greeted_at"] = datetime.now(UTC).isoformat()
+    if settings.can_publish_data:
+        await session.job.room.local_participant.send_text(
+            settings.greeting_text, topic=settings.greeting_topic
+        )
+        session.outputs["greeted_at"] = datetime.now(UTC).isoformat()
+    else:
+        session.log.info("no greeting: AGENT_CAN_PUBLISH_DATA=false")
     await session.participants.wait_until_no_humans()
     session.outputs["people_seen"] = session.participants.humans_seen
     return "every participant left"

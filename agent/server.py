@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from livekit.agents import AgentServer
+from livekit.agents import AgentServer, WorkerPermissions
 from livekit.protocol.models import ServerInfo
 
 from agent.admission import RequestHandler, SessionLoad
@@ -43,6 +43,13 @@ def build_server(settings: AgentSettings) -> AgentServer:
         host=settings.health_host,
         shutdown_process_timeout=settings.shutdown_process_timeout_s,
         session_end_timeout=settings.session_end_timeout_s,
+        permissions=WorkerPermissions(
+            can_publish=settings.can_publish,
+            can_subscribe=settings.can_subscribe,
+            can_publish_data=settings.can_publish_data,
+            can_update_metadata=settings.can_update_metadata,
+            hidden=settings.hidden,
+        ),
         **options,
     )
     agent_name = settings.effective_agent_name
@@ -57,6 +64,7 @@ def build_server(settings: AgentSettings) -> AgentServer:
         agent_name=agent_name,
         max_sessions=settings.max_sessions,
         interval_s=settings.worker_heartbeat_interval_s,
+        permissions=settings.permissions,
     )
     log = get_logger(agent_name=agent_name, instance=beat.instance)
 
@@ -69,6 +77,7 @@ def build_server(settings: AgentSettings) -> AgentServer:
             "agent worker started: it takes only jobs dispatched to this agent_name",
             handler=settings.session_handler,
             max_sessions=settings.max_sessions,
+            permissions=settings.permissions,
         )
         beat.start()
 

@@ -63,6 +63,17 @@ class AgentSettings(BaseSettings):
     """Port of the worker's health endpoint (`GET /`); 0 picks a free one. livekit-agents'
     default when unset: 8081 with `start`, a free port with `dev`."""
 
+    can_publish: bool = True
+    """The agent may publish audio and video (LiveKit puts this in the agent's token)."""
+    can_subscribe: bool = True
+    """The agent may subscribe to the others' tracks."""
+    can_publish_data: bool = True
+    """The agent may send data and text (the default handler's greeting needs it)."""
+    can_update_metadata: bool = True
+    """The agent may change its own name, metadata and attributes."""
+    hidden: bool = False
+    """The agent is listed to nobody in the room (a silent observer or recorder)."""
+
     shutdown_process_timeout_s: float = Field(10.0, gt=0)
     """How long a job process may take to exit once the worker asks it to."""
     report_timeout_s: float = Field(15.0, gt=0)
@@ -83,6 +94,17 @@ class AgentSettings(BaseSettings):
     """The text-stream topic of the greeting."""
     first_participant_timeout_s: float = Field(120.0, gt=0)
     """The default handler ends the session if nobody joins within this time."""
+
+    @property
+    def permissions(self) -> dict[str, bool]:
+        """What the agent may do in a room, as livekit-agents' WorkerPermissions takes it."""
+        return {
+            "can_publish": self.can_publish,
+            "can_subscribe": self.can_subscribe,
+            "can_publish_data": self.can_publish_data,
+            "can_update_metadata": self.can_update_metadata,
+            "hidden": self.hidden,
+        }
 
     @field_validator("agent_name")
     @classmethod

@@ -34,6 +34,7 @@ class WorkerBeat:
         agent_name: str,
         max_sessions: int,
         interval_s: float,
+        permissions: dict[str, bool] | None = None,
     ) -> None:
         self._server = server
         self._handler = handler
@@ -42,6 +43,7 @@ class WorkerBeat:
         self.instance = f"AI_{uuid.uuid4().hex[:16]}"
         self._agent_name = agent_name
         self._max_sessions = max_sessions
+        self._permissions = dict(permissions or {})
         self.worker_id = ""
         self._task: asyncio.Task[None] | None = None
 
@@ -61,6 +63,7 @@ class WorkerBeat:
             worker_id=self.worker_id,
             max_sessions=self._max_sessions,
             sessions=self.sessions(),
+            permissions=self._permissions,
         )
 
     def start(self) -> None:

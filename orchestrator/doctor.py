@@ -2,7 +2,8 @@
 with a verdict and, when it is not ok, the fix.
 
 Checks: the settings load; Redis answers and persists what it is given; an orchestrator
-worker is alive (arq's health-check key) and keeping up with the queue; LiveKit answers, our
+worker is alive (arq's health-check key) and keeping up with the queue; our agent workers
+and their options (the records they write); LiveKit answers, our
 clock agrees with its clock, it accepts our credentials; no running room has an agent that
 was dispatched by something else (a token naming agents, automatic dispatch); and an agent
 worker accepts a real test job for the configured agent_name (a throw-away room, deleted
@@ -29,6 +30,7 @@ from orchestrator.gateway import LiveKitGateway
 from orchestrator.gateway.strays import StrayDispatch, stray_dispatches, stray_fix
 from orchestrator.settings import Settings
 from tasks import keys
+from tasks.heartbeat import WorkerRecord, worker_records
 from tasks.models import JobMetadata
 from tasks.redaction import safe_url
 
@@ -41,6 +43,8 @@ SKEW_WARN_S = 5.0
 SKEW_FAIL_S = 60.0
 """LiveKit accepts tokens up to a minute outside their validity (its JWT leeway)."""
 QUEUE_LAG_WARN_S = 30.0
+AGENT_WORKER_SEEN_S = 10.0
+"""An agent worker of ours counts as alive if it wrote its record this recently."""
 STRAY_ROOMS_CHECKED = 500
 """The stray-agent check lists the dispatches of at most this many running rooms."""
 
@@ -189,7 +193,64 @@ async def worker_checks(redis: Redis) -> list[Check]:
         )
     else:
         checks.append(Check("queue", "ok", f"{depth} jobs waiting"))
+    checks.append(await agent_workers_check(redis))
     return checks
+
+
+_DEFAULT_PERMISSIONS = {
+    "can_publish": True,
+    "can_subscribe": True,
+    "can_publish_data": True,
+    "can_update_metadata": True,
+    "hidden": False,
+}
+"""livekit-agents' WorkerPermissions defaults; an option that differs is shown."""
+_OPTION_WORDS = {
+    "can_publish": "no publish",
+    "can_subscribe": "no subscribe",
+    "can_publish_data": "no data",
+    "can_update_metadata": "no metadata updates",
+    "hidden": "hidden",
+}
+
+
+async def agent_workers_check(redis: Redis) -> Check:
+    """Our agent workers alive now, by agent_name: how many, their sessions against their
+    limit, and the permissions they registered with LiveKit (from the records they write;
+    LiveKit's server lists no workers)."""
+    since_ms = int((time.time() - AGENT_WORKER_SEEN_S) * 1000)
+    try:
+        records = await worker_records(redis, since_ms)
+    except (RedisError, OSError):
+        return Check("agent workers", "skip", "Redis is unreachable")
+    if not records:
+        return Check(
+            "agent workers",
+            "skip",
+            f"none of ours wrote a record in the last {AGENT_WORKER_SEEN_S:g} s (agents that "
+            "are not `python -m agent` write none; the agent worker check below still applies)",
+        )
+    by_name: dict[str, list[WorkerRecord]] = {}
+    for record in records:
+        by_name.setdefault(record.agent_name, []).append(record)
+    parts = []
+    for name, group in sorted(by_name.items()):
+        used = sum(len(r.sessions) for r in group)
+        limit = sum(r.max_sessions for r in group)
+        options = sorted(
+            {
+                word
+                for r in group
+                for key, word in _OPTION_WORDS.items()
+                if r.permissions.get(key, _DEFAULT_PERMISSIONS[key]) != _DEFAULT_PERMISSIONS[key]
+            }
+        )
+        shown = f"; {', '.join(options)}" if options else ""
+        parts.append(
+            f"{name!r}: {len(group)} worker{'s' * (len(group) > 1)}, {used} of {limit} "
+            f"sessions in use{shown}"
+        )
+    return Check("agent workers", "ok", "; ".join(parts))
 
 
 async def _last_outage(redis: Redis) -> Check:

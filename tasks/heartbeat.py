@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from redis.asyncio import Redis
@@ -85,6 +85,8 @@ class WorkerRecord:
     """Session id → how it holds it."""
     at_ms: int = 0
     """When it wrote this (unix ms)."""
+    permissions: dict[str, bool] = field(default_factory=dict)
+    """What its agents may do in a room (AGENT_CAN_PUBLISH, ..., AGENT_HIDDEN)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -106,6 +108,11 @@ class WorkerRecord:
                     if hold in ("starting", "running")
                 },
                 at_ms=int(fields["at_ms"]),
+                permissions={
+                    str(k): v
+                    for k, v in dict(fields.get("permissions") or {}).items()
+                    if isinstance(v, bool)
+                },
             )
         except (ValueError, TypeError, KeyError, AttributeError):
             return None

@@ -13,14 +13,16 @@ join. Both say it once, with the fix below.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from livekit import api
 
 from orchestrator.gateway import dispatch_session_id
 
-AGENT_NAME_ATTRIBUTE = "lk.agent.name"
-"""The attribute livekit-agents gives its agent participant: the worker's agent_name."""
+AGENT_NAME_ATTRIBUTES = ("lk.agent_name", "lk.agent.name")
+"""Where an agent participant names its worker's agent_name: the attribute LiveKit's server
+adds to every agent token, then the one livekit-agents sets itself."""
 
 _AUTOMATIC = (
     "an agent worker registered without an agent_name takes every new room "
@@ -52,6 +54,11 @@ def stray_dispatches(room: str, dispatches: list[api.AgentDispatch]) -> list[Str
         for d in dispatches
         if dispatch_session_id(d) is None and d.state.jobs
     ]
+
+
+def agent_name_of(attributes: Mapping[str, str]) -> str | None:
+    """The agent_name an agent participant's attributes give, None when they give none."""
+    return next((attributes[a] for a in AGENT_NAME_ATTRIBUTES if a in attributes), None)
 
 
 def stray_fix(agent_name: str | None) -> str:

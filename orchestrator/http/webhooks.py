@@ -21,7 +21,7 @@ from aiohttp import web
 from google.protobuf import json_format
 from livekit.protocol import models, webhook
 
-from orchestrator.gateway.strays import AGENT_NAME_ATTRIBUTE, stray_fix
+from orchestrator.gateway.strays import agent_name_of, stray_fix
 from orchestrator.http.errors import ApiError
 from orchestrator.http.observe import WEBHOOKS
 from orchestrator.http.service import Service, of
@@ -78,7 +78,7 @@ async def notice_stray_agent(svc: Service, event: webhook.WebhookEvent) -> str:
         keys.stray_agent_key(room), agent.identity, nx=True, ex=keys.STRAY_AGENT_NOTICE_S
     )
     if first:
-        agent_name = agent.attributes.get(AGENT_NAME_ATTRIBUTE)
+        agent_name = agent_name_of(agent.attributes)
         log.warning(
             "an agent nobody dispatched through lk-dispatch joined",
             room=room,

@@ -90,15 +90,23 @@ def worker_env(sim: LiveKitSim, redis_url: str, agent_name: str) -> dict[str, st
     }
 
 
+@pytest.fixture(scope="module")
+def worker_overrides() -> dict[str, str]:
+    """Variables a test module sets on its agent worker (override this fixture)."""
+    return {}
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def worker(
     sim: LiveKitSim,
     agent_redis_server: LocalRedis,
     agent_name: str,
+    worker_overrides: dict[str, str],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[AgentWorker]:
+    env = {**worker_env(sim, agent_redis_server.url, agent_name), **worker_overrides}
     log_path: Path = tmp_path_factory.mktemp("agent") / "worker.log"
-    process = AgentWorker(worker_env(sim, agent_redis_server.url, agent_name), log_path).start()
+    process = AgentWorker(env, log_path).start()
     try:
         await process.wait_registered(agent_name)
         yield process

@@ -28,6 +28,7 @@ from orchestrator.doctor import (
 )
 from orchestrator.settings import Settings
 from tasks import DispatchRequest, enqueue_dispatch, keys, session_id_for
+from tasks.heartbeat import WorkerRecord, beat_worker
 from tests.cli.conftest import REPO, Cli, cli_env
 from tests.orchestrator.conftest import AGENT, API_KEY, API_SECRET, RunWorker, make_settings
 from tests.support.fake_worker import AcceptingWorker
@@ -43,6 +44,7 @@ CHECKS = [
     "orchestrator workers",
     "redis outages",
     "queue",
+    "agent workers",
     "livekit",
     "clock skew",
     "livekit credentials",
@@ -72,6 +74,10 @@ async def test_all_green_with_workers_running(
     await run_worker(settings)
     probe = Redis.from_url(aof_redis.url)
     await eventually(lambda: probe.exists(keys.WORKER_HEALTH_CHECK), what="worker health check")
+    # The record one of our agent workers keeps (the protocol-level test worker writes none).
+    permissions = {"hidden": True, "can_publish": False, "can_subscribe": True}
+    record = WorkerRecord("AI_1", AGENT, "AW_1", 4, {"S_1": "running"}, permissions=permissions)
+    await beat_worker(probe, record)
 
     ran = await cli("doctor", REDIS_URL=aof_redis.url)
 
@@ -82,6 +88,7 @@ async def test_all_green_with_workers_running(
     assert "fix:" not in ran.out
     assert "\x1b[" not in ran.out  # no colours into a pipe
     assert f"agent_name={AGENT!r}" in ran.out
+    assert f"{AGENT!r}: 1 worker, 1 of 4 sessions in use; hidden, no publish" in ran.out
     # The probe went to a real worker, then was cleaned up: no room, no report filed.
     assert len(agent_worker.jobs) == 1
     assert agent_worker.jobs[0].room.name.startswith("lkd-doctor-")

@@ -259,7 +259,7 @@ async def test_an_agent_nobody_dispatched_through_us_is_told_once_with_the_fix(
         await eventually(ours, what="our agent recognised")
         told = await counted_once_more(client, "participant_joined", "stray_agent")
         await sim.join_participant(
-            "r-mixed", "agent-AJ_token", kind="agent", attributes={"lk.agent.name": "billing"}
+            "r-mixed", "agent-AJ_token", kind="agent", attributes={"lk.agent_name": "billing"}
         )
         await eventually(told, what="the token's agent noticed")
 

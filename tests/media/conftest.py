@@ -58,14 +58,17 @@ def sdk_token(
     *,
     kind: str = "",
     can_update_metadata: bool = False,
+    can_publish: bool = True,
+    hidden: bool = False,
 ) -> str:
-    token = (
-        api.AccessToken(API_KEY, API_SECRET)
-        .with_identity(identity)
-        .with_grants(
-            api.VideoGrants(room_join=True, room=room, can_update_own_metadata=can_update_metadata)
-        )
+    grants = api.VideoGrants(
+        room_join=True,
+        room=room,
+        can_update_own_metadata=can_update_metadata,
+        can_publish=can_publish,
+        hidden=hidden,
     )
+    token = api.AccessToken(API_KEY, API_SECRET).with_identity(identity).with_grants(grants)
     if kind:
         token = token.with_kind(kind)  # type: ignore[arg-type]
     return token.to_jwt()

@@ -227,3 +227,31 @@ async def test_deleting_the_room_disconnects_the_sdk(sim: LiveKitSim) -> None:
             assert reasons == [rtc.DisconnectReason.ROOM_DELETED]
     finally:
         await lkapi.aclose()
+
+
+async def test_a_hidden_participant_is_listed_to_nobody(sim: LiveKitSim) -> None:
+    # As LiveKit's server does with an agent registered with AGENT_HIDDEN=true.
+    async with (
+        sdk_room(sim, "watcher", "room-h", hidden=True) as watcher,
+        sdk_room(sim, "caller", "room-h") as caller,
+        sdk_room(sim, "late", "room-h") as late,
+    ):
+        await eventually(lambda: "late" in caller.remote_participants, what="the late joiner")
+        await eventually(lambda: "caller" in watcher.remote_participants, what="the watcher sees")
+        assert "watcher" not in caller.remote_participants
+        assert "watcher" not in late.remote_participants
+        assert set(late.remote_participants) == {"caller"}
+
+
+async def test_a_participant_without_publish_cannot_publish(sim: LiveKitSim) -> None:
+    # As LiveKit's server does with an agent registered with AGENT_CAN_PUBLISH=false.
+    async with sdk_room(sim, "mute", "room-m", can_publish=False) as client:
+        source = rtc.AudioSource(48000, 1)
+        track = rtc.LocalAudioTrack.create_audio_track("voice", source)
+        with pytest.raises(Exception):  # noqa: B017,PT011  (the SDK gives up: no track_published)
+            await asyncio.wait_for(
+                client.local_participant.publish_track(track, rtc.TrackPublishOptions()), 5
+            )
+        info = next(p for p in sim.participants("room-m") if p.identity == "mute")
+        assert list(info.tracks) == []
+        assert sim.captured_audio("room-m", "mute") == []

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 from livekit import api
 
-from orchestrator.gateway.strays import StrayDispatch, stray_dispatches, stray_fix
+from orchestrator.gateway.strays import (
+    StrayDispatch,
+    agent_name_of,
+    stray_dispatches,
+    stray_fix,
+)
 from tasks.models import JobMetadata
 
 pytestmark = pytest.mark.unit
@@ -37,3 +42,9 @@ def test_each_cause_gets_its_fix() -> None:
     unknown = stray_fix(None)
     assert "give each worker an agent_name" in unknown
     assert "room configuration naming agents" in unknown
+
+
+def test_the_agent_name_comes_from_the_servers_attribute_then_livekit_agents_own() -> None:
+    assert agent_name_of({"lk.agent_name": "a", "lk.agent.name": "b"}) == "a"
+    assert agent_name_of({"lk.agent.name": ""}) == ""
+    assert agent_name_of({"ticket": "T-1"}) is None
