@@ -54,18 +54,23 @@ class SessionLoad:
 
 
 class RequestHandler:
-    """Answers every job request: accepts with the session's identity, or rejects a job for a
-    room where this worker already runs a session (after a moment's wait, when that is
-    another session, for it to end).
+    """Answers every job request: accepts with the session's identity; declines one beyond
+    `max_sessions`; or rejects a job for a room where this worker already runs a session
+    (after a moment's wait, when that is another session, for it to end).
+
+    A decline uses terminate=False: LiveKit offers the job to another worker. The limit must
+    hold here, not only in the load the worker reports: LiveKit learns of that load every
+    2.5 s, and a burst of requests in between would all be accepted.
 
     A rejection uses terminate=True: the job ends instead of going to another worker, since
     another worker taking it would put a second agent in a room that has one (the
     orchestrator's per-room claim should have prevented the dispatch; this is the second
     line of defence, and it must not hand the duplicate on)."""
 
-    def __init__(self, server: AgentServer, agent_name: str) -> None:
+    def __init__(self, server: AgentServer, agent_name: str, max_sessions: int) -> None:
         self._server = server
         self._agent_name = agent_name
+        self._max_sessions = max_sessions
         self._starting: dict[str, tuple[str, str | None]] = {}
         """Accepted jobs not yet running in a process, by job id: (room, session id).
         livekit-agents' accept() returns once the job runs in a process, which may first have
@@ -74,6 +79,10 @@ class RequestHandler:
     def starting_sessions(self) -> list[str]:
         """Session ids of the jobs accepted and not yet running in a process."""
         return [sid for _, sid in self._starting.values() if sid]
+
+    def held(self) -> int:
+        """Jobs this worker holds: running in a process, or accepted and starting."""
+        return len({info.job.id for info in self._server.active_jobs} | set(self._starting))
 
     def _running_in(self, room: str) -> list[str]:
         """Session ids of this worker's jobs in `room`, starting or running."""
@@ -106,6 +115,14 @@ class RequestHandler:
                 running_sessions=running,
             )
             await request.reject(terminate=True)
+            return
+        if (held := self.held()) >= self._max_sessions:
+            log.info(
+                "declining the job: this worker is full, LiveKit offers it to another",
+                held=held,
+                max_sessions=self._max_sessions,
+            )
+            await request.reject(terminate=False)
             return
         identity = f"agent-{session_id}" if session_id else ""
         if len(identity) > MAX_IDENTITY_CHARS:

@@ -53,7 +53,7 @@ def build_server(settings: AgentSettings) -> AgentServer:
         **options,
     )
     agent_name = settings.effective_agent_name
-    requests = RequestHandler(server, agent_name)
+    requests = RequestHandler(server, agent_name, settings.max_sessions)
     server.rtc_session(
         entrypoint, agent_name=agent_name, on_request=requests, on_session_end=on_session_end
     )

@@ -123,6 +123,9 @@ def test_a_handler_that_does_not_load_is_reported_clearly(path: str, problem: st
 # -- admission -------------------------------------------------------------------------------
 
 
+MAX = 10  # the worker's AGENT_MAX_SESSIONS, unless a test is about that limit
+
+
 def _server(*rooms: str) -> AgentServer:
     jobs = [
         SimpleNamespace(job=agent_pb.Job(id=f"AJ_{r}", room=models.Room(name=r), metadata=""))
@@ -157,7 +160,7 @@ class _Answers:
 async def test_a_job_is_accepted_with_the_session_in_identity_and_attributes() -> None:
     answers = _Answers()
     metadata = JobMetadata(session_id="S_42", event_id="ev", metadata={"x": SECRET}).to_json()
-    await RequestHandler(_server("other-room"), "support")(answers.request("room-1", metadata))
+    await RequestHandler(_server("other-room"), "support", MAX)(answers.request("room-1", metadata))
     [args] = answers.accepted
     assert (args.identity, args.name, args.attributes) == (
         "agent-S_42", "support", {"lkd.session_id": "S_42"},
@@ -167,7 +170,7 @@ async def test_a_job_is_accepted_with_the_session_in_identity_and_attributes() -
 
 async def test_a_job_with_unusable_metadata_is_still_accepted_so_it_can_report() -> None:
     answers = _Answers()
-    await RequestHandler(_server(), "support")(answers.request("room-1", "not json"))
+    await RequestHandler(_server(), "support", MAX)(answers.request("room-1", "not json"))
     [args] = answers.accepted
     assert args.identity == "agent-AJ_room-1"  # livekit-agents' default identity
     assert args.attributes == {}
@@ -178,7 +181,7 @@ async def test_a_job_for_a_room_with_a_session_is_rejected_for_good(
 ) -> None:
     monkeypatch.setattr(admission, "WIND_DOWN_WAIT_S", 0.2)
     answers = _Answers()
-    await RequestHandler(_server("room-1"), "support")(answers.request("room-1", ""))
+    await RequestHandler(_server("room-1"), "support", MAX)(answers.request("room-1", ""))
     assert answers.accepted == []
     assert answers.rejected == [True]  # terminate: no other worker gets it either
 
@@ -189,7 +192,7 @@ async def test_a_second_job_for_the_same_session_is_rejected_at_once() -> None:
     job = agent_pb.Job(id="AJ_1", room=models.Room(name="room-1"), metadata=metadata)
     server = cast(AgentServer, SimpleNamespace(active_jobs=[SimpleNamespace(job=job)]))
     started = asyncio.get_running_loop().time()
-    await RequestHandler(server, "support")(answers.request("room-1", metadata))
+    await RequestHandler(server, "support", MAX)(answers.request("room-1", metadata))
     assert answers.rejected == [True]
     assert asyncio.get_running_loop().time() - started < admission.WIND_DOWN_WAIT_S
 
@@ -201,7 +204,7 @@ async def test_a_job_for_a_room_whose_last_session_is_ending_is_accepted_once_it
     server = _server("room-1")
     metadata = JobMetadata(session_id="S_next", event_id="ev").to_json()
     answering = asyncio.create_task(
-        RequestHandler(server, "support")(answers.request("room-1", metadata))
+        RequestHandler(server, "support", MAX)(answers.request("room-1", metadata))
     )
     await asyncio.sleep(0.1)  # the previous job's process exits a moment later
     server.active_jobs.clear()  # type: ignore[attr-defined]
@@ -217,7 +220,7 @@ async def test_a_second_job_for_a_room_still_being_accepted_is_rejected(
     monkeypatch.setattr(admission, "WIND_DOWN_WAIT_S", 0.2)
     answers = _Answers()
     answers.release.clear()
-    handler = RequestHandler(_server(), "support")
+    handler = RequestHandler(_server(), "support", MAX)
     first = asyncio.create_task(handler(answers.request("room-1", "")))
     await asyncio.wait_for(answers.accepting.wait(), timeout=5)
     await handler(answers.request("room-1", ""))
@@ -227,11 +230,27 @@ async def test_a_second_job_for_a_room_still_being_accepted_is_rejected(
     assert answers.rejected == [True]
 
 
+async def test_a_job_beyond_max_sessions_is_declined_for_another_worker() -> None:
+    # Two sessions: one running in a process, one accepted and waiting for its process. The
+    # load LiveKit last heard of may still say there is room: the handler knows better.
+    answers = _Answers()
+    answers.release.clear()
+    handler = RequestHandler(_server("room-1"), "support", 2)
+    starting = asyncio.create_task(handler(answers.request("room-2", "")))
+    await asyncio.wait_for(answers.accepting.wait(), timeout=5)
+    assert handler.held() == 2
+    await handler(answers.request("room-3", ""))
+    assert answers.rejected == [False]  # not terminate: LiveKit offers it to another worker
+    answers.release.set()
+    await starting
+    assert [a.identity for a in answers.accepted] == ["agent-AJ_room-2"]
+
+
 async def test_the_worker_record_holds_a_session_from_its_acceptance_while_it_waits() -> None:
     answers = _Answers()
     answers.release.clear()  # the job waits for its assignment and a process
     server = _server()
-    handler = RequestHandler(server, "support")
+    handler = RequestHandler(server, "support", MAX)
     beat = WorkerBeat(
         server, handler, RedisLink("redis://unused"), agent_name="support", max_sessions=3,
         interval_s=1.0,
