@@ -58,7 +58,8 @@ class RequestHandler:
     `max_sessions`; or rejects a job for a room where this worker already runs a session
     (after a moment's wait, when that is another session, for it to end).
 
-    A decline uses terminate=False: LiveKit offers the job to another worker. The limit must
+    A decline uses terminate=False: LiveKit offers the job to another worker (with none, it
+    drops it, and the orchestrator's assignment check dispatches again). The limit must
     hold here, not only in the load the worker reports: LiveKit learns of that load every
     2.5 s, and a burst of requests in between would all be accepted.
 

@@ -30,7 +30,7 @@ from orchestrator.gateway import LiveKitGateway
 from orchestrator.gateway.strays import StrayDispatch, stray_dispatches, stray_fix
 from orchestrator.settings import Settings
 from tasks import keys
-from tasks.heartbeat import WorkerRecord, worker_records
+from tasks.heartbeat import DEFAULT_PERMISSIONS, WorkerRecord, worker_records
 from tasks.models import JobMetadata
 from tasks.redaction import safe_url
 
@@ -43,8 +43,9 @@ SKEW_WARN_S = 5.0
 SKEW_FAIL_S = 60.0
 """LiveKit accepts tokens up to a minute outside their validity (its JWT leeway)."""
 QUEUE_LAG_WARN_S = 30.0
-AGENT_WORKER_SEEN_S = 10.0
-"""An agent worker of ours counts as alive if it wrote its record this recently."""
+AGENT_WORKER_TIMEOUT_S = Settings.model_fields["agent_worker_timeout_s"].default
+"""An agent worker of ours is alive if it wrote its record this recently (the setting
+LKD_AGENT_WORKER_TIMEOUT_S, when the settings load)."""
 STRAY_ROOMS_CHECKED = 500
 """The stray-agent check lists the dispatches of at most this many running rooms."""
 
@@ -156,7 +157,9 @@ async def _persistence(
     ]
 
 
-async def worker_checks(redis: Redis) -> list[Check]:
+async def worker_checks(
+    redis: Redis, agent_worker_timeout_s: float = AGENT_WORKER_TIMEOUT_S
+) -> list[Check]:
     """An orchestrator worker checked in recently, and the queue is not falling behind."""
     checks: list[Check] = []
     try:
@@ -193,18 +196,10 @@ async def worker_checks(redis: Redis) -> list[Check]:
         )
     else:
         checks.append(Check("queue", "ok", f"{depth} jobs waiting"))
-    checks.append(await agent_workers_check(redis))
+    checks.append(await agent_workers_check(redis, agent_worker_timeout_s))
     return checks
 
 
-_DEFAULT_PERMISSIONS = {
-    "can_publish": True,
-    "can_subscribe": True,
-    "can_publish_data": True,
-    "can_update_metadata": True,
-    "hidden": False,
-}
-"""livekit-agents' WorkerPermissions defaults; an option that differs is shown."""
 _OPTION_WORDS = {
     "can_publish": "no publish",
     "can_subscribe": "no subscribe",
@@ -214,11 +209,11 @@ _OPTION_WORDS = {
 }
 
 
-async def agent_workers_check(redis: Redis) -> Check:
+async def agent_workers_check(redis: Redis, timeout_s: float) -> Check:
     """Our agent workers alive now, by agent_name: how many, their sessions against their
     limit, and the permissions they registered with LiveKit (from the records they write;
     LiveKit's server lists no workers)."""
-    since_ms = int((time.time() - AGENT_WORKER_SEEN_S) * 1000)
+    since_ms = int((time.time() - timeout_s) * 1000)
     try:
         records = await worker_records(redis, since_ms)
     except (RedisError, OSError):
@@ -227,7 +222,7 @@ async def agent_workers_check(redis: Redis) -> Check:
         return Check(
             "agent workers",
             "skip",
-            f"none of ours wrote a record in the last {AGENT_WORKER_SEEN_S:g} s (agents that "
+            f"none of ours wrote a record in the last {timeout_s:g} s (agents that "
             "are not `python -m agent` write none; the agent worker check below still applies)",
         )
     by_name: dict[str, list[WorkerRecord]] = {}
@@ -242,7 +237,7 @@ async def agent_workers_check(redis: Redis) -> Check:
                 word
                 for r in group
                 for key, word in _OPTION_WORDS.items()
-                if r.permissions.get(key, _DEFAULT_PERMISSIONS[key]) != _DEFAULT_PERMISSIONS[key]
+                if r.permissions.get(key, DEFAULT_PERMISSIONS[key]) != DEFAULT_PERMISSIONS[key]
             }
         )
         shown = f"; {', '.join(options)}" if options else ""
@@ -354,12 +349,16 @@ async def stray_agents_check(gateway: LiveKitGateway) -> Check:
     """Running rooms whose agent came from a dispatch we did not make."""
     try:
         rooms = await gateway.list_rooms()
-        checked = rooms[:STRAY_ROOMS_CHECKED]
-        found: list[StrayDispatch] = []
-        for room in checked:
-            found += stray_dispatches(room.name, await gateway.running_room_dispatches(room.name))
     except LiveKitError as exc:
-        return Check("stray agents", "warn", f"could not list the rooms' dispatches: {exc}")
+        return Check("stray agents", "warn", f"could not list the rooms: {exc}")
+    checked = rooms[:STRAY_ROOMS_CHECKED]
+    found: list[StrayDispatch] = []
+    for room in checked:
+        try:
+            dispatches = await gateway.running_room_dispatches(room.name)
+        except LiveKitError:
+            continue  # closed since it was listed
+        found += stray_dispatches(room.name, dispatches)
     of = f"{len(checked)} running rooms" + (
         f" (the first {len(checked)} of {len(rooms)})" if len(rooms) > len(checked) else ""
     )
@@ -437,7 +436,9 @@ async def run_checks(
         checks += await redis_checks(redis, redis_url)
         reachable = next(c for c in checks if c.name == "redis").status == "ok"
         checks += (
-            await worker_checks(redis)
+            await worker_checks(
+                redis, settings.agent_worker_timeout_s if settings else AGENT_WORKER_TIMEOUT_S
+            )
             if reachable
             else [Check("orchestrator workers", "skip", "Redis is unreachable")]
         )

@@ -69,6 +69,16 @@ SessionHold = Literal["starting", "running"]
 WORKER_RECORD_TTL_S = 3600  # read by its beat's age, not by its presence; kept to be shown
 
 
+DEFAULT_PERMISSIONS = {
+    "can_publish": True,
+    "can_subscribe": True,
+    "can_publish_data": True,
+    "can_update_metadata": True,
+    "hidden": False,
+}
+"""livekit-agents' WorkerPermissions defaults, which the agent's settings keep."""
+
+
 @dataclass(frozen=True)
 class WorkerRecord:
     """An agent worker process's sign of life: who it is and the sessions it holds. A session
@@ -86,7 +96,8 @@ class WorkerRecord:
     at_ms: int = 0
     """When it wrote this (unix ms)."""
     permissions: dict[str, bool] = field(default_factory=dict)
-    """What its agents may do in a room (AGENT_CAN_PUBLISH, ..., AGENT_HIDDEN)."""
+    """What its agents may do in a room (AGENT_CAN_PUBLISH, ..., AGENT_HIDDEN); a permission
+    it does not name has its DEFAULT_PERMISSIONS value."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

@@ -128,10 +128,11 @@ def agent_worker_key(instance: str) -> str:
     return f"{PREFIX}agent-worker:{instance}"
 
 
-def stray_agent_key(room: str) -> str:
-    """Set (for a day) once the webhook receiver has said that `room` got an agent nobody
-    dispatched through us, so that it says so once."""
-    return f"{PREFIX}stray-agent:{room}"
+def stray_agent_key(room: str, room_sid: str) -> str:
+    """Set (for a day) once the webhook receiver has said that `room` (this instance of it:
+    a room name used again is a new room) got an agent nobody dispatched through us, so that
+    it says so once."""
+    return f"{PREFIX}stray-agent:{room}:{room_sid}"
 
 
 STRAY_AGENT_NOTICE_S = 24 * 3600

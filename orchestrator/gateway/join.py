@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+import jwt
 from livekit import api
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -27,6 +28,7 @@ MAX_ATTRIBUTE_CHARS = 1024
 MIN_TTL_S = 60
 MAX_TTL_S = 24 * 3600
 DEFAULT_TTL_S = 3600
+AGENT_IDENTITY_PREFIX = "agent-"
 # No control characters, which LiveKit's clients show or log verbatim.
 _PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]+$")
 
@@ -64,6 +66,15 @@ class Participant(_Strict):
             raise ValueError("may not hold control characters (tabs, line breaks, NUL)")
         return value
 
+    @field_validator("identity")
+    @classmethod
+    def _not_an_agent(cls, value: str) -> str:
+        # A join with an identity already in the room replaces that participant: a person
+        # must not be able to take the agent's place (`agent-<session id>`, `agent-<job id>`).
+        if value.startswith(AGENT_IDENTITY_PREFIX):
+            raise ValueError(f"may not start with {AGENT_IDENTITY_PREFIX!r}, kept for agents")
+        return value
+
     @field_validator("attributes")
     @classmethod
     def _attributes(cls, value: dict[str, str]) -> dict[str, str]:
@@ -98,7 +109,6 @@ class Join(_Strict):
 def join_token(settings: Settings, room: str, participant: Participant) -> Join:
     """A token for `participant` to join `room`; no room configuration, so no agents."""
     grants = participant.grants
-    expires_at = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=participant.ttl_s)
     token = (
         api.AccessToken(settings.livekit_api_key, settings.livekit_api_secret.get_secret_value())
         .with_identity(participant.identity)
@@ -120,10 +130,12 @@ def join_token(settings: Settings, room: str, participant: Participant) -> Join:
         token = token.with_metadata(participant.metadata)
     if participant.attributes:
         token = token.with_attributes(participant.attributes)
+    jwt_text = token.to_jwt()
+    expires_s = jwt.decode(jwt_text, options={"verify_signature": False})["exp"]
     return Join(
         url=settings.client_livekit_url,
-        token=token.to_jwt(),
+        token=jwt_text,
         room=room,
         identity=participant.identity,
-        expires_at=expires_at,
+        expires_at=datetime.fromtimestamp(expires_s, UTC),
     )

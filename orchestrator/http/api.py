@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from aiohttp import web
+from arq.jobs import Job
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.gateway.join import Join, Participant, join_token
@@ -90,8 +91,24 @@ async def post_dispatch(request: web.Request) -> web.Response:
         status_url=f"/v1/sessions/{session_id}",
     )
     if body.participant is not None:
+        await _same_room(job, body)
         answer.join = join_token(of(request).settings, body.room, body.participant)
     return reply(answer, 202)
+
+
+async def _same_room(job: Job, body: DispatchBody) -> None:
+    """A repeated event keeps the room it was first received for: a join token for another
+    room would send the person where no agent of this event goes."""
+    info = await job.info()
+    payload = info.args[0] if info is not None and info.args else None
+    room = payload.get("room") if isinstance(payload, dict) else None
+    if room is not None and room != body.room:
+        raise ApiError(
+            409,
+            "event_conflict",
+            f"event {body.event_id!r} was received for room {room!r}, not {body.room!r}; "
+            "send a new event_id for another room",
+        )
 
 
 async def get_event(request: web.Request) -> web.Response:
@@ -236,7 +253,7 @@ async def replay_dead_letter(request: web.Request) -> web.Response:
 
 ROUTES = [
     Route("POST", "/v1/dispatches", post_dispatch, "Dispatch an agent for an event", "write",
-          body=DispatchBody, answer=DispatchAccepted, status=202,
+          body=DispatchBody, answer=DispatchAccepted, status=202, errors=(409,),
           description="Idempotent on event_id: the same event again returns the same ids "
                       "(and, with a participant, a new join token)."),
     Route("GET", "/v1/events/{event_id}", get_event, "What happened to an event", "read",

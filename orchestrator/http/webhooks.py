@@ -10,7 +10,9 @@ report once the grace has passed. Reconciliation stays the safety net for missed
 
 An agent joining a room (`participant_joined`) that is not our live session's agent was
 dispatched by something else (a token naming agents, automatic dispatch): that is said once
-per room, with the fix (`orchestrator.gateway.strays`).
+per room, with the fix (`orchestrator.gateway.strays`). An agent that may be the session's
+(`is_session_agent`: one whose job we have not yet learnt) gets the benefit of the doubt;
+`doctor`'s stray agents check, which reads LiveKit's dispatch lists, catches it.
 """
 
 from __future__ import annotations
@@ -75,7 +77,10 @@ async def notice_stray_agent(svc: Service, event: webhook.WebhookEvent) -> str:
     if session is not None and is_session_agent(session, agent):
         return "session_agent"
     first = await svc.redis.set(
-        keys.stray_agent_key(room), agent.identity, nx=True, ex=keys.STRAY_AGENT_NOTICE_S
+        keys.stray_agent_key(room, event.room.sid),
+        agent.identity,
+        nx=True,
+        ex=keys.STRAY_AGENT_NOTICE_S,
     )
     if first:
         agent_name = agent_name_of(agent.attributes)

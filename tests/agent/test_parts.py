@@ -30,6 +30,7 @@ from agent.session import describe_error
 from agent.settings import AgentSettings, load_settings
 from agent.worker_beat import WorkerBeat
 from orchestrator.demo.local_redis import LocalRedis, free_port
+from tasks.heartbeat import DEFAULT_PERMISSIONS
 from tasks.models import JobMetadata, SessionReport
 from tests.agent.reports import reports_for
 
@@ -267,6 +268,10 @@ async def test_the_worker_record_holds_a_session_from_its_acceptance_while_it_wa
     assert beat.record().sessions == {"S_wait": "running"}
     server.active_jobs.clear()  # type: ignore[attr-defined]
     assert beat.record().sessions == {}
+
+
+def test_the_agents_permissions_default_to_livekit_agents_own() -> None:
+    assert AgentSettings().permissions == DEFAULT_PERMISSIONS
 
 
 def test_load_reaches_the_threshold_at_max_sessions() -> None:

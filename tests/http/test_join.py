@@ -9,10 +9,13 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+from arq import ArqRedis
+from arq.jobs import Job
 from arq.worker import Worker
 from livekit import api
 
 from livekit_sim import LiveKitSim
+from tasks.serialization import deserialize
 from tests.http.conftest import API_KEY, API_SECRET
 from tests.http.test_api import call, session_in
 from tests.support.fake_worker import AcceptingWorker
@@ -30,7 +33,7 @@ def claims_of(token: str) -> dict[str, Any]:
 
 
 async def test_a_dispatch_with_a_participant_answers_how_that_person_joins(
-    client: aiohttp.ClientSession, sim: LiveKitSim
+    client: aiohttp.ClientSession, sim: LiveKitSim, arq_redis: ArqRedis
 ) -> None:
     person = {
         "identity": "caller-7",
@@ -56,12 +59,30 @@ async def test_a_dispatch_with_a_participant_answers_how_that_person_joins(
     assert not any(video.get(g) for g in ("roomAdmin", "roomCreate", "roomList", "agent"))
     assert "roomConfig" not in claims  # a token with agents would give zero agents or two
     assert claims["exp"] - claims["nbf"] == 600
-    expires_at = datetime.fromisoformat(join["expires_at"])
-    assert abs(expires_at.timestamp() - claims["exp"]) <= 1
+    assert datetime.fromisoformat(join["expires_at"]).timestamp() == claims["exp"]
 
-    # The event itself went on the queue without the participant.
+    # The event went on the queue without the participant.
+    queued = await Job(answer["job_id"], arq_redis, _deserializer=deserialize).info()
+    assert queued is not None
+    assert queued.args[0]["room"] == "join-room"
+    assert "participant" not in queued.args[0]
     status, again = await call(client, "POST", "/v1/dispatches", {**event, "participant": None})
     assert (status, again["session_id"], again["join"]) == (202, answer["session_id"], None)
+
+
+async def test_a_repeated_event_for_another_room_gets_no_token_for_it(
+    client: aiohttp.ClientSession,
+) -> None:
+    event = {"event_id": "ev-join-6", "room": "room-a"}
+    status, _ = await call(client, "POST", "/v1/dispatches", event)
+    assert status == 202
+    person = {"identity": "caller-6"}
+    again = {**event, "room": "room-b", "participant": person}
+    status, body = await call(client, "POST", "/v1/dispatches", again)
+    assert (status, body["error"]) == (409, "event_conflict")
+    assert "received for room 'room-a', not 'room-b'" in body["reason"]
+    status, answer = await call(client, "POST", "/v1/dispatches", {**event, "participant": person})
+    assert (status, answer["join"]["room"]) == (202, "room-a")
 
 
 async def test_listen_only_grants_and_the_default_lifetime(client: aiohttp.ClientSession) -> None:
@@ -82,6 +103,7 @@ async def test_listen_only_grants_and_the_default_lifetime(client: aiohttp.Clien
         ({}, "participant.identity"),
         ({"identity": ""}, "participant.identity"),
         ({"identity": "a\nb"}, "participant.identity"),
+        ({"identity": "agent-S_1234"}, "participant.identity"),  # would replace the agent
         ({"identity": "a", "ttl_s": 5}, "participant.ttl_s"),
         ({"identity": "a", "ttl_s": 10**9}, "participant.ttl_s"),
         ({"identity": "a", "attributes": {"k": 1}}, "participant.attributes.k"),
