@@ -164,6 +164,7 @@ ROUTES = [
         errors=(400, 401, 413),
         description="Signed by LiveKit (Authorization: a JWT whose sha256 claim is the "
         "body's hash, with LIVEKIT_API_KEY/SECRET). room_finished and the agent's "
-        "participant_left end the room's live session.",
+        "participant_left end the room's live session; an agent's participant_joined that "
+        "is not the session's is logged once, with the fix.",
     )
 ]
