@@ -3,11 +3,10 @@ with a verdict and, when it is not ok, the fix.
 
 Checks: the settings load; Redis answers and persists what it is given; an orchestrator
 worker is alive (arq's health-check key) and keeping up with the queue; our agent workers
-and their options (the records they write); LiveKit answers, our
-clock agrees with its clock, it accepts our credentials; no running room has an agent that
-was dispatched by something else (a token naming agents, automatic dispatch); and an agent
-worker accepts a real test job for the configured agent_name (a throw-away room, deleted
-afterwards).
+and their options (from the records they write); LiveKit answers, our clock agrees with its
+clock, it accepts our credentials; no running room has an agent that something else
+dispatched (a token naming agents, automatic dispatch); and an agent worker accepts a real
+test job for the configured agent_name (a throw-away room, deleted afterwards).
 """
 
 from __future__ import annotations
@@ -160,7 +159,8 @@ async def _persistence(
 async def worker_checks(
     redis: Redis, agent_worker_timeout_s: float = AGENT_WORKER_TIMEOUT_S
 ) -> list[Check]:
-    """An orchestrator worker checked in recently, and the queue is not falling behind."""
+    """An orchestrator worker checked in recently, the queue is not falling behind, and
+    which of our agent workers are alive."""
     checks: list[Check] = []
     try:
         beat = await redis.get(keys.WORKER_HEALTH_CHECK)
