@@ -12,6 +12,7 @@ BENCHMARKS = [
     "bench.dispatch_latency",
     "bench.time_to_agent",
     "bench.reconcile_pass",
+    "bench.overview",
     "bench.chaos",
 ]
 

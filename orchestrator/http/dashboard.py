@@ -43,14 +43,10 @@ async def overview(request: web.Request) -> web.Response:
     svc = of(request)
     now = int(time.time() * 1000)
     live, live_count = await queries.live_sessions(svc.redis, limit=MAX_LIVE_SHOWN)
-    recent = await queries.list_sessions(
+    times = await queries.dispatch_times(
         svc.redis, since_ms=now - q.window_s * 1000, limit=MAX_POINTS
     )
-    points = [
-        DispatchPoint(at_ms=s.dispatched_at, ms=s.dispatched_at - s.enqueued_at, room=s.room)
-        for s in recent
-        if s.dispatched_at and s.enqueued_at
-    ]
+    points = [DispatchPoint(at_ms=t.at_ms, ms=t.ms, room=t.room) for t in times]
     worker_ok, _ = await svc.worker_check()
     answer = Overview(
         now_ms=now,

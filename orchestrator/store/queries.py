@@ -4,6 +4,7 @@ read session records through here, as `Session` records."""
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 from redis.asyncio import Redis
 
@@ -40,6 +41,14 @@ async def find_live(
     return session if session is not None and session.live else None
 
 
+class DispatchTime(NamedTuple):
+    at_ms: int
+    """When the session was dispatched (unix ms)."""
+    ms: int
+    """How long after its event was enqueued."""
+    room: str
+
+
 async def _read(redis: Redis, session_ids: list[bytes | str]) -> list[Session]:
     """Records in one round trip, those still there."""
     async with redis.pipeline(transaction=False) as pipe:
@@ -62,7 +71,8 @@ async def list_sessions(
     top = "+inf" if until_ms is None else until_ms
     bottom = "-inf" if since_ms is None else since_ms
     found: list[Session] = []
-    offset, page = 0, max(limit * 4, 100)
+    filtered = status is not None or agent_name is not None
+    offset, page = 0, max(limit * 4, 100) if filtered else limit
     while len(found) < limit:
         ids = await redis.zrevrangebyscore(
             keys.RECENT_SESSIONS, top, bottom, start=offset, num=page
@@ -79,6 +89,22 @@ async def list_sessions(
             if len(found) == limit:
                 break
     return found
+
+
+async def dispatch_times(redis: Redis, *, since_ms: int, limit: int) -> list[DispatchTime]:
+    """When each of the newest `limit` sessions created since `since_ms` was dispatched, and
+    how long after its event: three fields a session, in one round trip (the dashboard's
+    chart, which a full read of thousands of records made slow)."""
+    ids = await redis.zrevrangebyscore(keys.RECENT_SESSIONS, "+inf", since_ms, start=0, num=limit)
+    async with redis.pipeline(transaction=False) as pipe:
+        for sid in ids:
+            pipe.hmget(keys.session_key(text(sid)), ["enqueued_at", "dispatched_at", "room"])
+        rows = await pipe.execute()
+    return [
+        DispatchTime(int(dispatched), int(dispatched) - int(enqueued), text(room or b""))
+        for enqueued, dispatched, room in rows
+        if enqueued and dispatched
+    ]
 
 
 async def live_sessions(redis: Redis, *, limit: int = LIVE_PAGE) -> tuple[list[Session], int]:

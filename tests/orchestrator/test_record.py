@@ -72,3 +72,35 @@ async def test_live_sessions_are_read_a_page_at_a_time(arq_redis: ArqRedis) -> N
         assert await store.find_live(session_id="S_unknown") is None
     finally:
         await store.aclose()
+
+
+async def test_the_dashboards_chart_reads_when_each_recent_session_was_dispatched(
+    arq_redis: ArqRedis,
+) -> None:
+    store = SessionStore(arq_redis, retention_s=60, event_retention_s=60)
+    try:
+        for i in range(4):
+            lease = Lease(f"t{i}", 60_000)
+            await store.claim(
+                session_id=f"S_{i}", generation=0, event_id=f"e-{i}", room=f"r-{i}",
+                agent_name="a", enqueued_ms=1_000 * i, dispatch_job="-", lease=lease,
+            )  # fmt: skip
+            if i != 2:  # S_2 is still waiting for its dispatch
+                await store.mark_dispatched(
+                    f"S_{i}", f"e-{i}", f"AD_{i}", "{}", check_in_s=60, attempt=1, lease=lease
+                )
+        times = await queries.dispatch_times(arq_redis, since_ms=0, limit=3)  # the newest 3
+        assert [t.room for t in times] == ["r-3", "r-1"]
+        for t in times:
+            session = await store.get(f"S_{t.room.removeprefix('r-')}")
+            assert session is not None
+            assert (t.at_ms, t.ms) == (
+                session.dispatched_at, session.dispatched_at - session.enqueued_at,
+            )  # fmt: skip
+        newest = await queries.list_sessions(arq_redis, limit=2)
+        assert [s.session_id for s in newest] == ["S_3", "S_2"]
+        assert [s.session_id for s in await queries.list_sessions(arq_redis, status="claimed")] == [
+            "S_2"
+        ]
+    finally:
+        await store.aclose()
