@@ -37,6 +37,8 @@ class SessionLoad:
         self._count_cpu = settings.count_cpu_load
         self._cpu = 0.0
         self._sampler: threading.Thread | None = None
+        self.last = 0.0
+        """The load last reported to LiveKit."""
 
     def __call__(self, server: AgentServer) -> float:
         if self._count_cpu and self._sampler is None:
@@ -45,7 +47,12 @@ class SessionLoad:
             )
             self._sampler.start()
         sessions = self._threshold * len(server.active_jobs) / self._max_sessions
-        return max(sessions, self._cpu if self._count_cpu else 0.0)
+        self.last = max(sessions, self._cpu if self._count_cpu else 0.0)
+        return self.last
+
+    def full(self) -> bool:
+        """Whether the worker reports itself full (LiveKit sends it no job then)."""
+        return self.last >= self._threshold
 
     def _sample_cpu(self) -> None:
         monitor = get_cpu_monitor()

@@ -33,12 +33,13 @@ def build_server(settings: AgentSettings) -> AgentServer:
     if settings.health_port is not None:
         options["port"] = settings.health_port
     secret = settings.livekit_api_secret
+    load = SessionLoad(settings)
     server = AgentServer(
         ws_url=settings.livekit_url,
         api_key=settings.livekit_api_key,
         api_secret=secret.get_secret_value() if secret is not None else None,
         setup_fnc=setup_process,
-        load_fnc=SessionLoad(settings),
+        load_fnc=load,
         load_threshold=settings.load_threshold,
         host=settings.health_host,
         shutdown_process_timeout=settings.shutdown_process_timeout_s,
@@ -65,6 +66,7 @@ def build_server(settings: AgentSettings) -> AgentServer:
         max_sessions=settings.max_sessions,
         interval_s=settings.worker_heartbeat_interval_s,
         permissions=settings.permissions,
+        full=load.full,
     )
     log = get_logger(agent_name=agent_name, instance=beat.instance)
 
@@ -82,7 +84,7 @@ def build_server(settings: AgentSettings) -> AgentServer:
         beat.start()
 
     def _registered(worker_id: str, info: ServerInfo) -> None:
-        beat.worker_id = worker_id
+        beat.registered(worker_id)
         log.info(
             "registered with LiveKit: dispatches must use this agent_name",
             worker_id=worker_id,

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     agent_worker_timeout_s: float = 10.0
     """An agent worker whose record is older than this is gone, with the sessions it held
     (our agent worker refreshes its record every AGENT_WORKER_HEARTBEAT_INTERVAL_S)."""
+    agent_capacity: dict[str, int] = Field(default={})
+    """Sessions at once per agent name for agent workers that are not ours (they publish no
+    capacity), as JSON: LKD_AGENT_CAPACITY='{"billing-agent": 20}'. Beyond it, events wait in
+    a line. A name whose workers are ours is sized by their heartbeats instead; a name with
+    neither is dispatched without a line."""
     claim_stale_s: float = 60.0
     """A session still `claimed` this long after its claim (its dispatch job died) is re-checked."""
     reconcile_interval_s: int = 10
@@ -106,6 +111,15 @@ class Settings(BaseSettings):
     @classmethod
     def _agent_name(cls, value: str) -> str:
         return check_agent_name(value)
+
+    @field_validator("agent_capacity")
+    @classmethod
+    def _agent_capacity(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, limit in value.items():
+            check_agent_name(name)
+            if limit < 0:
+                raise ValueError(f"the limit of {name!r} must be 0 or more, got {limit}")
+        return value
 
     @field_validator("redis_url")
     @classmethod

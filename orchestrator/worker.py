@@ -18,6 +18,7 @@ from orchestrator.jobs.assignment import confirm_assignment
 from orchestrator.jobs.context import CTX_KEY, Context
 from orchestrator.jobs.dispatch import dispatch_agent
 from orchestrator.jobs.end_session import end_session
+from orchestrator.jobs.line import dispatch_from_line, move_line
 from orchestrator.jobs.reconcile import reconcile_sessions
 from orchestrator.jobs.rejections import reject_malformed_job
 from orchestrator.jobs.reports import session_report
@@ -31,6 +32,7 @@ from orchestrator.store.connections import (
     worker_pool,
     worker_redis_settings,
 )
+from orchestrator.store.line import LineConfig
 from orchestrator.store.sessions import SessionStore
 from tasks import keys
 from tasks.serialization import deserialize, serialize
@@ -59,6 +61,7 @@ def _startup(settings: Settings) -> Any:
             event_retention_s=settings.event_retention_s,
             record_linger_s=settings.record_linger_ms / 1000,
             first_check_s=settings.session_check_every_s,
+            line=LineConfig(settings.agent_capacity, settings.agent_worker_timeout_s),
         )
         ctx[CTX_KEY] = Context(settings=settings, redis=redis, store=store, livekit=gateway)
         ctx[FLUSHER_KEY] = shared.Flusher(ctx["redis"], settings.metrics_flush_interval_s).start()
@@ -92,6 +95,8 @@ def worker_settings(settings: Settings | None = None) -> dict[str, Any]:
     jobs = (
         (keys.DISPATCH_AGENT, dispatch_agent),
         (keys.CONFIRM_ASSIGNMENT, confirm_assignment),
+        (keys.DISPATCH_FROM_LINE, dispatch_from_line),
+        (keys.MOVE_LINE, move_line),
         (keys.END_SESSION, end_session),
         (keys.SESSION_REPORT, session_report),
         (keys.REJECT_MALFORMED_JOB, reject_malformed_job),

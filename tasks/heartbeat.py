@@ -3,21 +3,36 @@
 Per session: a heartbeat, which reconciliation takes for the agent alive while it is fresh, and
 the job named with the first beat, which confirms the dispatch's assignment. Per agent worker
 process: a record of the sessions it holds, starting or running, so that a session waiting for
-a job process, or one whose process has just died, is told apart without a timer.
+a job process, or one whose process has just died, is told apart without a timer; and the
+slots it offers its agent name's waiting line (`keys.fleet_key`), which lapse with its beat.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from redis.asyncio import Redis
 
-from tasks.keys import AGENT_WORKERS, agent_heartbeat_key, agent_job_key, agent_worker_key
+from tasks.keys import (
+    AGENT_WORKERS,
+    ARQ_JOB_PREFIX,
+    LINE_NAMES,
+    MOVE_LINE,
+    QUEUE_NAME,
+    agent_heartbeat_key,
+    agent_job_key,
+    agent_worker_key,
+    fleet_key,
+    move_line_job_id,
+)
+from tasks.serialization import job_body
 
 HEARTBEAT_TTL_S = 24 * 3600
+MOVE_LINE_JOB_TTL_MS = 3600 * 1000
 AGENT_JOB_TTL_S = 3600  # the assignment check reads it within minutes; LiveKit tells after
 
 
@@ -98,6 +113,19 @@ class WorkerRecord:
     permissions: dict[str, bool] = field(default_factory=dict)
     """What its agents may do in a room (AGENT_CAN_PUBLISH, ..., AGENT_HIDDEN); a permission
     it does not name has its DEFAULT_PERMISSIONS value."""
+    full: bool = False
+    """It reports itself full to LiveKit (its load reached its threshold: its session limit,
+    or its CPU)."""
+
+    @property
+    def offered(self) -> int:
+        """The slots it offers its agent name: none before it is registered with LiveKit (no
+        job could reach it); while full, only those it holds; else its session limit."""
+        if not self.worker_id:
+            return 0
+        if self.full:
+            return min(len(self.sessions), self.max_sessions)
+        return self.max_sessions
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -124,20 +152,38 @@ class WorkerRecord:
                     for k, v in dict(fields.get("permissions") or {}).items()
                     if isinstance(v, bool)
                 },
+                full=fields.get("full") is True,
             )
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
         return record
 
 
-async def beat_worker(redis: Redis, record: WorkerRecord) -> None:
-    """Write the worker's record, stamped now."""
+async def beat_worker(redis: Redis, record: WorkerRecord, *, grew: bool = False) -> None:
+    """Write the worker's record, stamped now, and the slots it offers its agent name; when
+    it offers more than at its last beat (it joined, or is no longer full), also queue a
+    `move_line` job, so that sessions waiting for those slots go at once."""
     now_ms = int(time.time() * 1000)
     stamped = WorkerRecord(**{**asdict(record), "at_ms": now_ms})
     async with redis.pipeline(transaction=True) as pipe:
         pipe.set(agent_worker_key(record.instance), stamped.to_json(), ex=WORKER_RECORD_TTL_S)
         pipe.zadd(AGENT_WORKERS, {record.instance: now_ms})
+        if record.agent_name:
+            pipe.hset(fleet_key(record.agent_name), record.instance, f"{now_ms} {record.offered}")
+            pipe.sadd(LINE_NAMES, record.agent_name)
+            if grew:
+                job_id = move_line_job_id(uuid.uuid4().hex)
+                body = job_body(MOVE_LINE, [record.agent_name], enqueue_ms=now_ms)
+                pipe.set(ARQ_JOB_PREFIX + job_id, body, px=MOVE_LINE_JOB_TTL_MS)
+                pipe.zadd(QUEUE_NAME, {job_id: now_ms})
         await pipe.execute()
+
+
+async def leave_fleet(redis: Redis, record: WorkerRecord) -> None:
+    """A worker that stops takes its slots with it at once (a killed one, when its beat
+    lapses)."""
+    if record.agent_name:
+        await redis.hdel(fleet_key(record.agent_name), record.instance)  # type: ignore[misc]
 
 
 async def worker_records(redis: Redis, since_ms: int) -> list[WorkerRecord]:

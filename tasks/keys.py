@@ -23,6 +23,8 @@ SESSION_REPORT = "session_report"
 REJECT_MALFORMED_JOB = "reject_malformed_job"
 CONFIRM_ASSIGNMENT = "confirm_assignment"
 RECONCILE_SESSIONS = "reconcile_sessions"
+DISPATCH_FROM_LINE = "dispatch_from_line"
+MOVE_LINE = "move_line"
 
 PREFIX = "lkd:"
 RESULTS_STREAM = PREFIX + "results"
@@ -63,6 +65,20 @@ def report_job_id(session_id: str, nonce: str) -> str:
 def confirm_job_id(session_id: str, dispatch_id: str) -> str:
     """The assignment check of one dispatch: one per dispatch."""
     return f"confirm:{session_id}:{dispatch_id}"
+
+
+LINE_DISPATCH_JOB_PREFIX = "line-dispatch:"
+
+
+def line_dispatch_job_id(session_id: str, admission: int) -> str:
+    """The dispatch of a session let out of its waiting line, for its `admission`-th time
+    (a session LiveKit dropped goes back to the line, and out again)."""
+    return f"{LINE_DISPATCH_JOB_PREFIX}{session_id}:{admission}"
+
+
+def move_line_job_id(nonce: str) -> str:
+    """A worker joined or grew: each time its own job (arq keeps a job's result an hour)."""
+    return f"move_line:{nonce}"
 
 
 def event_key(event_id: str) -> str:
@@ -136,6 +152,41 @@ def stray_agent_key(room: str, room_sid: str) -> str:
 
 
 STRAY_AGENT_NOTICE_S = 24 * 3600
+
+# The waiting line (README: "When the agents are full"): per agent_name, what its fleet takes,
+# the sessions holding a slot of it, and those waiting for one.
+PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
+LINE_NAMES = PREFIX + "lines"
+"""Set of the agent names whose capacity is known (a worker of ours or a static limit)."""
+LINE_SEQ = PREFIX + "line-seq"
+"""Counter that orders arrivals in a line (first come, first served within a priority)."""
+
+
+def fleet_key(agent_name: str) -> str:
+    """Hash: agent worker instance -> "<beat unix ms> <slots it offers>", written with each
+    worker heartbeat; the name's capacity is the sum over workers that beat recently."""
+    return f"{PREFIX}fleet:{agent_name}"
+
+
+def slots_key(agent_name: str) -> str:
+    """Sorted set of the live sessions holding one of the agent name's slots (dispatched or
+    about to be), scored by when they took it (unix ms)."""
+    return f"{PREFIX}slots:{agent_name}"
+
+
+def line_key(agent_name: str) -> str:
+    """Sorted set of the sessions waiting for a slot: lowest score first (higher priority,
+    then earlier arrival)."""
+    return f"{PREFIX}line:{agent_name}"
+
+
+def durations_key(agent_name: str) -> str:
+    """List of the agent name's recent completed session durations (s), newest first, for
+    the line's estimated wait."""
+    return f"{PREFIX}durations:{agent_name}"
+
+
+RECENT_DURATIONS_KEPT = 100
 
 REDIS_OUTAGE = PREFIX + "redis-outage"
 """Hash {started_ms, ended_ms} of the last Redis outage an orchestrator worker rode out:

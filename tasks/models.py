@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from tasks.keys import PRIORITY_MAX, PRIORITY_MIN
+
 # LiveKit limits (livekit-server `pkg/config/config.go`, LimitConfig). Dispatch metadata is
 # capped at 512 KiB from server v1.13.2 and at 64000 bytes for room/participant metadata
 # before it; we hold job metadata to the older, smaller limit so every server accepts it.
@@ -44,7 +46,14 @@ AGENT_NAME_SCHEMA: dict[str, Any] = {
 
 ReportStatus = Literal["completed", "failed", "lost"]
 DispatchOutcome = Literal[
-    "dispatched", "deduplicated", "duplicate_event", "expired", "failed", "rejected", "withdrawn"
+    "dispatched",
+    "waiting",
+    "deduplicated",
+    "duplicate_event",
+    "expired",
+    "failed",
+    "rejected",
+    "withdrawn",
 ]
 """What became of a dispatch event: the `outcome` of its job's result (README, "From Python")."""
 
@@ -102,6 +111,9 @@ class DispatchRequest(_Model):
     """An event still waiting at this time is dropped with outcome `expired`."""
     not_before: datetime | None = None
     """Deferred dispatch: not before this time."""
+    priority: int = Field(0, ge=PRIORITY_MIN, le=PRIORITY_MAX)
+    """Its place in the agent name's waiting line when the agents are full: higher first,
+    first come first served within a priority."""
     _job_metadata: tuple[str, str] = PrivateAttr(default=("", ""))
     """(session id, its job metadata JSON), as the size check made it."""
 

@@ -79,7 +79,9 @@ async def enqueue_dispatch(redis: Redis, request: DispatchRequest) -> Job:
     return await enqueue_job(
         redis,
         DISPATCH_AGENT,
-        request.model_dump(mode="json", exclude_none=True),
+        request.model_dump(
+            mode="json", exclude_none=True, exclude={"priority"} if not request.priority else None
+        ),
         job_id=dispatch_job_id(request.event_id),
         due=request.not_before,
     )

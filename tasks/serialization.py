@@ -24,7 +24,9 @@ from pydantic import BaseModel
 from tasks.keys import (
     CONFIRM_ASSIGNMENT,
     DISPATCH_AGENT,
+    DISPATCH_FROM_LINE,
     END_SESSION,
+    MOVE_LINE,
     RECONCILE_SESSIONS,
     REJECT_MALFORMED_JOB,
     SESSION_REPORT,
@@ -75,6 +77,8 @@ FUNCTIONS = {
     SESSION_REPORT: Arguments(("report",), 1),
     CONFIRM_ASSIGNMENT: Arguments(("session_id", "dispatch_id", "attempt"), 3),
     RECONCILE_SESSIONS: Arguments((), 0),
+    DISPATCH_FROM_LINE: Arguments(("session_id",), 1),
+    MOVE_LINE: Arguments(("agent_name",), 1),
     REJECT_MALFORMED_JOB: Arguments((), 0, frozenset({"reason", "raw", "raw_bytes"})),
 }
 """Every job function a worker runs, with its arguments."""

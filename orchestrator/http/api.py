@@ -30,8 +30,9 @@ from orchestrator.http.schemas import (
 )
 from orchestrator.http.service import of
 from orchestrator.http.spec import Route
-from orchestrator.store import dead_letters, queries
+from orchestrator.store import dead_letters, line, queries
 from orchestrator.store.record import Session
+from orchestrator.store.sessions import now_ms
 from tasks import (
     EndSessionRequest,
     enqueue_dispatch,
@@ -163,24 +164,28 @@ async def post_session_token(request: web.Request) -> web.Response:
     return reply(join_token(of(request).settings, session.room, participant), 201)
 
 
-def _session_reply(session: Session | None, missing: str) -> web.Response:
+async def _session_reply(
+    request: web.Request, session: Session | None, missing: str
+) -> web.Response:
     if session is None:
         raise not_found(missing)
-    return web.json_response(session_answer(session))
+    svc = of(request)
+    place = await line.place(svc.redis, svc.store.line, session, now_ms())
+    return web.json_response(session_answer(session, place))
 
 
 async def get_session(request: web.Request) -> web.Response:
     session_id = request.match_info["session_id"]
     session = await queries.get_session(of(request).redis, session_id)
-    return _session_reply(
-        session, f"no session {session_id!r}: unknown, or older than the session retention"
+    return await _session_reply(
+        request, session, f"no session {session_id!r}: unknown, or older than the session retention"
     )
 
 
 async def get_room_session(request: web.Request) -> web.Response:
     room = request.match_info["room"]
     session = await queries.newest_in_room(of(request).redis, room)
-    return _session_reply(session, f"room {room!r} has no session")
+    return await _session_reply(request, session, f"room {room!r} has no session")
 
 
 def _ms(value: Any) -> int | None:

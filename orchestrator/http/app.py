@@ -18,6 +18,7 @@ from orchestrator.http.errors import ApiError, Handler, error_middleware
 from orchestrator.http.service import SERVICE, Service
 from orchestrator.http.spec import Route, openapi
 from orchestrator.settings import Settings
+from orchestrator.store.line import LineConfig
 from orchestrator.store.sessions import SessionStore
 from tasks import create_redis
 
@@ -111,6 +112,7 @@ def create_app(settings: Settings) -> web.Application:
                 redis,
                 retention_s=settings.session_retention_s,
                 event_retention_s=settings.event_retention_s,
+                line=LineConfig(settings.agent_capacity, settings.agent_worker_timeout_s),
             ),
             webhook_receiver=livekit_api.WebhookReceiver(verifier),
         )

@@ -108,8 +108,21 @@ class SessionView(_Answer):
     job_id: str | None = None
     """The LiveKit job an agent runs the session in."""
     worker_id: str | None = None
+    priority: int | None = None
+    """Its place among those waiting for the agent name's slots: higher first."""
+    line_score: int | None = None
+    """Present when the agent name's capacity was known at its claim: it holds a slot, or
+    waits for one (`waiting`)."""
+    queue_position: int | None = None
+    """While `waiting`: its place in the line (1: next out)."""
+    estimated_wait_s: float | None = None
+    """While `waiting`: the expected wait, from recent session durations and the capacity
+    (absent when nothing tells)."""
+    expires_at: int | None = None
     enqueued_at: int | None = None
     claimed_at: int | None = None
+    admitted_at: int | None = None
+    """When it left the line for a slot that freed."""
     dispatched_at: int | None = None
     assigned_at: int | None = None
     end_requested_at: int | None = None
@@ -231,10 +244,11 @@ class OverviewQuery(_Query):
     dead_letters: int = Field(20, ge=1, le=200)
 
 
-def session_view(session: Session) -> SessionView:
-    return SessionView.model_validate(session.view(int(time.time() * 1000)))
+def session_view(session: Session, place: dict[str, Any] | None = None) -> SessionView:
+    """The record, with a waiting session's `place` in its line (store.line.place)."""
+    return SessionView.model_validate({**session.view(int(time.time() * 1000)), **(place or {})})
 
 
-def session_answer(session: Session) -> dict[str, Any]:
+def session_answer(session: Session, place: dict[str, Any] | None = None) -> dict[str, Any]:
     """A session record as the API answers it (checked against SessionView)."""
-    return session_view(session).model_dump(mode="json", exclude_none=True)
+    return session_view(session, place).model_dump(mode="json", exclude_none=True)

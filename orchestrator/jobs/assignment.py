@@ -19,6 +19,10 @@ Dispatching again is as safe as the first dispatch:
   dead letter that can be replayed;
 - the new dispatch is recorded only while the session still has the one it replaces; one that
   ended meanwhile gets the new dispatch withdrawn.
+
+A session whose agent name has a known capacity (it holds a slot: `orchestrator.jobs.line`) is
+not dispatched again here: it goes back to its place at the head of the line, and is let out
+again as soon as a slot is free.
 """
 
 from __future__ import annotations
@@ -103,6 +107,15 @@ async def _with_lease(
         # offers one again), or one a worker refused (terminate). Those an earlier run of this
         # step made, before it died or lost LiveKit's answer, were attempts too.
         await _delete(c, room, standing)
+        if session.line_score is not None:
+            # A session of a known capacity: a worker went full between its slot and its
+            # dispatch. It goes back to its place at the head of the line, not to `failed`.
+            requeued = await c.store.requeue(session_id, dispatch_id, lease)
+            if requeued == "moved":
+                return {"outcome": "moot"}
+            if requeued == "requeued":
+                log.warning("dispatch not taken by any worker: back to the head of the line")
+                return {"outcome": "requeued"}
         attempt += len([d for d in standing if d.id != dispatch_id])
         if attempt >= c.settings.assignment_attempts:
             return await _fail(ctx, c, session, _nobody_took_it(session, attempt))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +18,7 @@ from orchestrator.jobs.rejections import reject
 from orchestrator.jobs.reports import fail_session
 from orchestrator.jobs.retries import give_up_reason, job_lease, retry_delay, wait_for_lease
 from orchestrator.store.record import Session, SessionStatus
-from orchestrator.store.sessions import Claim, Lease
+from orchestrator.store.sessions import Lease
 from tasks.models import DispatchOutcome, DispatchRequest, session_id_for
 
 log = structlog.get_logger("orchestrator.jobs.dispatch")
@@ -30,7 +31,7 @@ may then linger (Settings.backlog_linger_ms) to share a write, which drains a ba
 at a millisecond's cost to events already waiting many."""
 
 
-def result(outcome: DispatchOutcome, **fields: str) -> dict[str, Any]:
+def result(outcome: DispatchOutcome, **fields: Any) -> dict[str, Any]:
     """The job's result: its outcome, with what goes with it (`session_id`, `dispatch_id`,
     `reason`)."""
     return {"outcome": outcome, **fields}
@@ -89,6 +90,7 @@ async def _dispatch(
     enqueue_time: datetime = ctx["enqueue_time"]
     behind = time.time() - ctx["score"] / 1000 > BACKLOG_WAIT_S  # score: due at, unix ms
     lease = job_lease(ctx)
+    metadata = request.job_metadata(session_id)
     while True:
         claim = await c.store.claim(
             session_id=session_id,
@@ -99,6 +101,9 @@ async def _dispatch(
             enqueued_ms=int(enqueue_time.timestamp() * 1000),
             dispatch_job=ctx["job_id"],
             lease=lease,
+            job_metadata=metadata,
+            priority=request.priority,
+            expires_ms=_ms(request.expires_at),
             linger_s=c.settings.backlog_linger_ms / 1000 if behind else 0.0,
         )
         if claim.kind != "busy":
@@ -113,60 +118,94 @@ async def _dispatch(
         metrics.DISPATCH_OUTCOMES.labels(claim.kind).inc()
         log.info("event not dispatched", outcome=claim.kind, live_session=claim.session_id)
         return result(claim.kind, session_id=claim.session_id)
+    if claim.kind == "waiting":
+        metrics.DISPATCH_OUTCOMES.labels("waiting").inc()
+        log.info("no free agent slot: waiting in line", agent_name=agent_name,
+                 queue_position=claim.position)  # fmt: skip
+        return result("waiting", session_id=session_id, queue_position=claim.position)
+    target = Target(
+        session_id=session_id,
+        event_id=request.event_id,
+        room=request.room,
+        agent_name=agent_name,
+        generation=generation,
+        metadata=metadata,
+        event=request.model_dump(mode="json", exclude_none=True),
+    )
     async with c.store.holding(session_id, lease):
-        return await _dispatch_claimed(
-            ctx, c, request, session_id, generation, agent_name, claim, lease
+        return await dispatch_claimed(
+            ctx, c, target, lease, adopt=claim.kind == "resume", queued_at=enqueue_time
         )
 
 
-async def _dispatch_claimed(
+def _ms(moment: datetime | None) -> int | None:
+    return None if moment is None else int(moment.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A claimed session to dispatch, and what a dead letter needs to replay its event."""
+
+    session_id: str
+    event_id: str
+    room: str
+    agent_name: str
+    generation: int
+    metadata: str
+    """The job metadata (JSON) its agent gets."""
+    event: dict[str, Any]
+
+
+async def dispatch_claimed(
     ctx: dict[str, Any],
     c: Context,
-    request: DispatchRequest,
-    session_id: str,
-    generation: int,
-    agent_name: str,
-    claim: Claim,
+    target: Target,
     lease: Lease,
+    *,
+    adopt: bool,
+    queued_at: datetime | None,
 ) -> dict[str, Any]:
-    enqueue_time: datetime = ctx["enqueue_time"]
-    metadata = request.job_metadata(session_id)
+    """Dispatch a session that holds its room (and its slot, where the agent name has a line)
+    and the `lease`; with `adopt`, first look for a dispatch an earlier try made. The time
+    from `queued_at` to CreateDispatch's answer is the time to dispatch (none is measured for
+    a session let out of the line: lkd_wait_seconds measures its wait)."""
+    session_id, room = target.session_id, target.room
     try:
         dispatch = None
-        if claim.kind == "resume":
+        if adopt:
             # An earlier try claimed the room and may have created the dispatch before it
             # died: adopt that one rather than put a second agent in the room.
-            dispatch = await c.livekit.session_dispatch(request.room, session_id)
+            dispatch = await c.livekit.session_dispatch(room, session_id)
             if dispatch is not None:
                 log.info("adopted existing dispatch", dispatch_id=dispatch.id)
         if dispatch is None:
-            dispatch = await c.livekit.create_dispatch(agent_name, request.room, metadata)
-            metrics.TIME_TO_DISPATCH.observe(max(0.0, time.time() - enqueue_time.timestamp()))
+            dispatch = await c.livekit.create_dispatch(target.agent_name, room, target.metadata)
+            if queued_at is not None:
+                metrics.TIME_TO_DISPATCH.observe(max(0.0, time.time() - queued_at.timestamp()))
     except LiveKitError as exc:
         delay = retry_delay(ctx, exc)
         if delay is None:
-            reason = give_up_reason(ctx, exc)
-            return await _fail(ctx, c, request, session_id, generation, agent_name, reason)
+            return await _fail(ctx, c, target, give_up_reason(ctx, exc))
         await c.store.transition(session_id, (SessionStatus.CLAIMED,), last_error=str(exc))
         log.warning("LiveKit error, will retry", error=str(exc), retry_in_s=round(delay, 3))
         raise Retry(defer=delay) from exc
 
     recorded = await c.store.mark_dispatched(
         session_id,
-        request.event_id,
+        target.event_id,
         dispatch.id,
-        metadata,
+        target.metadata,
         check_in_s=c.settings.assignment_check_delay_s,
         attempt=1,
         lease=lease,
     )
     if not recorded and await c.store.recorded_dispatch(session_id) != dispatch.id:
         # The session ended (end_session) while we dispatched: take the agent back out.
-        await c.livekit.delete_dispatch(dispatch.id, request.room)
+        await c.livekit.delete_dispatch(dispatch.id, room)
         log.info("session ended during dispatch; dispatch withdrawn", dispatch_id=dispatch.id)
         return result("withdrawn", session_id=session_id)
     metrics.DISPATCH_OUTCOMES.labels("dispatched").inc()
-    log.info("dispatched", dispatch_id=dispatch.id, agent_name=agent_name)
+    log.info("dispatched", dispatch_id=dispatch.id, agent_name=target.agent_name)
     return result("dispatched", session_id=session_id, dispatch_id=dispatch.id)
 
 
@@ -178,26 +217,19 @@ async def _earlier_outcome(c: Context, session_id: str) -> dict[str, Any]:
         return result("failed", session_id=session_id, reason=reason)
     if session is not None and session.dispatch_id:
         return result("dispatched", session_id=session_id, dispatch_id=session.dispatch_id)
+    if session is not None and session.status == SessionStatus.WAITING:
+        return result("waiting", session_id=session_id)
     return result("duplicate_event", session_id=session_id)
 
 
-async def _fail(
-    ctx: dict[str, Any],
-    c: Context,
-    request: DispatchRequest,
-    session_id: str,
-    generation: int,
-    agent_name: str,
-    reason: str,
-) -> dict[str, Any]:
+async def _fail(ctx: dict[str, Any], c: Context, target: Target, reason: str) -> dict[str, Any]:
     claimed = Session(
-        session_id=session_id,
+        session_id=target.session_id,
         status=SessionStatus.CLAIMED,
-        event_id=request.event_id,
-        room=request.room,
-        agent_name=agent_name,
-        generation=generation,
+        event_id=target.event_id,
+        room=target.room,
+        agent_name=target.agent_name,
+        generation=target.generation,
     )
-    event = request.model_dump(mode="json", exclude_none=True)
-    await fail_session(c, claimed, reason=reason, event=event, job_id=ctx["job_id"])
-    return result("failed", session_id=session_id, reason=reason)
+    await fail_session(c, claimed, reason=reason, event=target.event, job_id=ctx["job_id"])
+    return result("failed", session_id=target.session_id, reason=reason)

@@ -2,6 +2,7 @@
 the jobs that were to end it, and no room stays claimed by a finished session.
 
 What it decides, for each live session that is due:
+- `waiting` in its agent name's line past its event's `expires_at`: it ends (`expired`).
 - `claimed` long after its claim, with its dispatch job gone: the dispatch it made is adopted,
   or the session fails (dead letter) and its room is free.
 - `dispatched` past the time its assignment check should have run, with no check queued or
@@ -41,9 +42,11 @@ import structlog
 
 from orchestrator.errors import LiveKitError
 from orchestrator.jobs.context import Context, of
+from orchestrator.jobs.line import expire
 from orchestrator.jobs.reports import fail_session, synthesize_report
 from orchestrator.store import queries
 from orchestrator.store.connections import UNREACHABLE
+from orchestrator.store.line import line_names
 from orchestrator.store.record import Session, SessionStatus
 from orchestrator.store.sessions import Lease, now_ms
 from tasks import heartbeat, keys
@@ -75,13 +78,25 @@ class Evidence:
 async def reconcile_sessions(ctx: dict[str, Any]) -> dict[str, int]:
     c = of(ctx)
     started = time.perf_counter()
-    counts = {"checked": 0, "lost": 0, "adopted": 0, "failed": 0, "closed": 0, "claims_freed": 0}
+    counts = {
+        "checked": 0,
+        "lost": 0,
+        "adopted": 0,
+        "failed": 0,
+        "closed": 0,
+        "expired": 0,
+        "claims_freed": 0,
+        "let_out": 0,
+    }
     try:
         evidence = await _evidence(c)
         due = await c.store.due_sessions(evidence.now)
         for page in (due[i : i + PAGE] for i in range(0, len(due), PAGE)):
             await _reconcile_page(ctx, c, evidence, page, counts)
         counts["claims_freed"] = await free_orphan_claims(c)
+        for agent_name in await line_names(c.redis):
+            # A backstop: every step that frees a slot moves the line itself.
+            counts["let_out"] += await c.store.move_line(agent_name, sweep=True)
         await queries.trim_recent_sessions(c.redis, c.settings.session_retention_s)
     except UNREACHABLE as exc:
         log.warning("reconciliation stopped: Redis unreachable", error=type(exc).__name__)
@@ -159,6 +174,11 @@ async def _reconcile_one(
         """How long nothing was heard since `since_ms`, not counting a Redis outage."""
         return now - max(since_ms, evidence.quiet_since)
 
+    if status == SessionStatus.WAITING:
+        if session.expires_at and now >= session.expires_at:
+            await expire(c, session)
+            return "expired"
+        return None
     if status == SessionStatus.CLAIMED:
         return await _stale_claim(ctx, c, session, now)
     if status == SessionStatus.DISPATCHED:
@@ -241,8 +261,11 @@ def next_check_ms(c: Context, evidence: Evidence, session: Session, last_beat: i
     def after_grace(since_ms: int) -> int:
         return max(since_ms, evidence.quiet_since) + grace_ms
 
-    if status == SessionStatus.CLAIMED:
-        times.append((session.claimed_at or 0) + int(s.claim_stale_s * 1000))
+    if status == SessionStatus.WAITING:
+        if session.expires_at:
+            times.append(session.expires_at)
+    elif status == SessionStatus.CLAIMED:
+        times.append(_claimed_since(session) + int(s.claim_stale_s * 1000))
     else:
         if status == SessionStatus.DISPATCHED:
             times.append(_confirmation_due(c, session, now))
@@ -314,10 +337,16 @@ async def _report_queued(c: Context, session: Session) -> bool:
     return report is not None and bool(await c.redis.exists(keys.ARQ_JOB_PREFIX + report))
 
 
+def _claimed_since(session: Session) -> int:
+    """When the session took its slot and began to be dispatched: let out of its line, or
+    claimed."""
+    return session.admitted_at or session.claimed_at or 0
+
+
 async def _stale_claim(ctx: dict[str, Any], c: Context, session: Session, now: int) -> str | None:
     """A session still `claimed` long after its claim: its dispatch job died for good (arq
     gave up on it). Adopt a dispatch it made, or fail it so the room is free again."""
-    if now - (session.claimed_at or now) <= c.settings.claim_stale_s * 1000:
+    if now - (_claimed_since(session) or now) <= c.settings.claim_stale_s * 1000:
         return None
     session_id, event_id = session.session_id, session.event_id
     dispatch_job = session.dispatch_job or keys.dispatch_job_id(event_id)

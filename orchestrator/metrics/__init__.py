@@ -19,6 +19,11 @@ LIVEKIT_CALLS = Histogram(
     ["method", "code"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+WAIT_SECONDS = Histogram(
+    "lkd_wait_seconds",
+    "How long sessions let out of a waiting line waited for a free agent slot",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+)
 REPORTS = Counter("lkd_reports_total", "Terminal session reports filed, by status", ["status"])
 DUPLICATE_REPORTS = Counter("lkd_duplicate_reports_total", "Reports for already-reported sessions")
 REJECTED_JOBS = Counter("lkd_rejected_jobs_total", "Jobs rejected as malformed or invalid")

@@ -30,6 +30,7 @@ SHARED: tuple[Any, ...] = (
     metrics.EVENTS_RECEIVED,
     metrics.DISPATCH_OUTCOMES,
     metrics.TIME_TO_DISPATCH,
+    metrics.WAIT_SECONDS,
     metrics.LIVEKIT_CALLS,
     metrics.REPORTS,
     metrics.DUPLICATE_REPORTS,

@@ -5,6 +5,7 @@ KEYS and ARGV are listed above each; `SessionStore` (store/sessions.py) is their
 from __future__ import annotations
 
 from orchestrator.store.record import TERMINAL
+from tasks import keys
 
 # The same decision inside scripts: `terminal(status)` for a status string (nil is not).
 LUA_TERMINAL = (
@@ -13,15 +14,98 @@ LUA_TERMINAL = (
     + " end\n"
 )
 
+FLEET_FORGET_MS = 3600 * 1000
+"""A worker silent this long is forgotten: with no worker left, the name's capacity is no
+longer known (its static limit, or none, applies again)."""
+PRIORITY_STEP = 2**42
+"""A line's score is -priority * PRIORITY_STEP + arrival number: exact in a double for
+priorities within keys.PRIORITY_MIN..MAX and 4e12 arrivals."""
+
+# The waiting line, shared by the scripts that take or free a slot. A script reads its line
+# configuration from ARGV at `at` (SessionStore.line_args): the static limits (JSON object
+# agent_name -> slots, or ''), the worker heartbeat timeout (ms), the line dispatch job's body
+# in three parts around its session id and enqueue time, that job's expiry (ms), and now (ms).
+#
+# capacity(agent): what the agent name's fleet takes. The sum of the slots its workers offer
+# (tasks.heartbeat.beat_worker), counting those that beat within the timeout only: 0 while
+# none does. With no worker of ours seen within FLEET_FORGET_MS, its static limit; without
+# one, nil: the capacity is not known, and the name is dispatched without a line, as ever.
+#
+# move_line(agent): while slots are free, let the head of the line out: it takes a slot, turns
+# `claimed` and gets its dispatch job, queued in the same step (so a crash cannot lose it).
+LUA_LINE = f"""
+local LINE, SLOTS, FLEET, SESSION = '{keys.line_key("")}', '{keys.slots_key("")}',
+  '{keys.fleet_key("")}', '{keys.session_key("")}'
+local DURATIONS, KEPT = '{keys.durations_key("")}', {keys.RECENT_DURATIONS_KEPT}
+local LINE_NAMES, LINE_SEQ = '{keys.LINE_NAMES}', '{keys.LINE_SEQ}'
+local JOB, QUEUE, LINE_JOB = '{keys.ARQ_JOB_PREFIX}', '{keys.QUEUE_NAME}',
+  '{keys.LINE_DISPATCH_JOB_PREFIX}'
+local FORGET_MS, PRIORITY_STEP = {FLEET_FORGET_MS}, {PRIORITY_STEP}
+local function line_config(at)
+  return {{statics = ARGV[at], timeout = tonumber(ARGV[at + 1]), head = ARGV[at + 2],
+          middle = ARGV[at + 3], tail = ARGV[at + 4], job_ttl = ARGV[at + 5],
+          now = ARGV[at + 6]}}
+end
+local function capacity(agent, cfg)
+  local fleet = FLEET .. agent
+  local entries = redis.call('HGETALL', fleet)
+  if #entries > 0 then
+    local now, total, seen = tonumber(cfg.now), 0, false
+    for i = 1, #entries, 2 do
+      local at, offered = string.match(entries[i + 1], '^(%d+) (%d+)$')
+      at = tonumber(at)
+      if at and at >= now - FORGET_MS then seen = true end
+      if at and at >= now - cfg.timeout then
+        total = total + tonumber(offered)
+      elseif not at or at < now - FORGET_MS then
+        redis.call('HDEL', fleet, entries[i])
+      end
+    end
+    if seen then return total end
+  end
+  if cfg.statics ~= '' then
+    local limit = cjson.decode(cfg.statics)[agent]
+    if limit then return tonumber(limit) end
+  end
+  return nil
+end
+local function move_line(agent, cfg)
+  local cap = capacity(agent, cfg)
+  local line, slots = LINE .. agent, SLOTS .. agent
+  local admitted = 0
+  while cap == nil or redis.call('ZCARD', slots) < cap do
+    local head = redis.call('ZRANGE', line, 0, 0)[1]
+    if not head then break end
+    redis.call('ZREM', line, head)
+    local session = SESSION .. head
+    if redis.call('HGET', session, 'status') == 'waiting' then
+      local job_id = LINE_JOB .. head .. ':' .. redis.call('HINCRBY', session, 'admissions', 1)
+      redis.call('HSET', session, 'status', 'claimed', 'admitted_at', cfg.now,
+                 'dispatch_job', job_id)
+      redis.call('ZADD', slots, cfg.now, head)
+      redis.call('SET', JOB .. job_id, cfg.head .. head .. cfg.middle .. cfg.now .. cfg.tail,
+                 'PX', cfg.job_ttl)
+      redis.call('ZADD', QUEUE, cfg.now, job_id)
+      admitted = admitted + 1
+    end
+  end
+  return admitted
+end
+"""
+
 # KEYS: event, room claim, session, live set, recent set, room sessions, reconcile due set,
-#       session lease
+#       session lease, session payload
 # ARGV: session_id, generation, now_ms, event_ttl_s, retention_s, event_id, room, agent_name,
 #       enqueued_ms, session key prefix, first reconciliation at (unix ms), dispatch job id,
-#       lease token, lease ttl (ms)
+#       lease token, lease ttl (ms), priority, expires_at (unix ms, '' for none), job
+#       metadata, then the line configuration (at 18).
 # A claim (or the resumption of one by a later try) takes the session's lease: 'busy' when
-# another run of the dispatch job holds it.
+# another run of the dispatch job holds it. Where the agent name's capacity is known, the
+# claim also takes a slot; with none free (or others waiting already), the session waits in
+# the line instead, holding its room: {'waiting', id, its place (0: let out at once)}.
 CLAIM = (
     LUA_TERMINAL
+    + LUA_LINE
     + """
 local sid, gen, now = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local ev_sid = redis.call('HGET', KEYS[1], 'session_id')
@@ -54,12 +138,35 @@ redis.call('HSET', KEYS[3], 'session_id', sid, 'event_id', ARGV[6], 'room', ARGV
            'agent_name', ARGV[8], 'generation', gen, 'status', 'claimed',
            'enqueued_at', ARGV[9], 'claimed_at', now, 'attempts', 0, 'dispatch_job', ARGV[12])
 redis.call('PERSIST', KEYS[3])
-redis.call('SET', KEYS[8], ARGV[13], 'PX', ARGV[14])
 redis.call('ZADD', KEYS[4], now, sid)
 redis.call('ZADD', KEYS[5], now, sid)
 redis.call('ZADD', KEYS[6], now, sid)
 redis.call('EXPIRE', KEYS[6], ARGV[5])
-redis.call('ZADD', KEYS[7], ARGV[11], sid)
+local agent, check = ARGV[8], ARGV[11]
+local cfg = line_config(18)
+local cap = capacity(agent, cfg)
+if cap then
+  redis.call('SADD', LINE_NAMES, agent)
+  local priority = tonumber(ARGV[15])
+  local score = string.format('%.0f', -priority * PRIORITY_STEP + redis.call('INCR', LINE_SEQ))
+  redis.call('HSET', KEYS[3], 'priority', ARGV[15], 'line_score', score)
+  if ARGV[16] ~= '' then redis.call('HSET', KEYS[3], 'expires_at', ARGV[16]) end
+  local line = LINE .. agent
+  if redis.call('EXISTS', line) == 1 or redis.call('ZCARD', SLOTS .. agent) >= cap then
+    redis.call('HSET', KEYS[3], 'status', 'waiting')
+    redis.call('HSET', KEYS[1], 'outcome', 'waiting')
+    if ARGV[17] ~= '' then redis.call('SET', KEYS[9], ARGV[17], 'EX', ARGV[5]) end
+    redis.call('ZADD', line, score, sid)
+    if ARGV[16] ~= '' and tonumber(ARGV[16]) < tonumber(check) then check = ARGV[16] end
+    redis.call('ZADD', KEYS[7], check, sid)
+    move_line(agent, cfg)
+    local rank = redis.call('ZRANK', line, sid)
+    return {'waiting', sid, rank and rank + 1 or 0}
+  end
+  redis.call('ZADD', SLOTS .. agent, now, sid)
+end
+redis.call('SET', KEYS[8], ARGV[13], 'PX', ARGV[14])
+redis.call('ZADD', KEYS[7], check, sid)
 return {'claimed', sid}
 """
 )
@@ -67,25 +174,40 @@ return {'claimed', sid}
 # KEYS: report filed, results stream, session, live set, room claim, session payload,
 #       reconcile due set, session lease
 # ARGV: session_id, status, report_json, event_id, room, retention_s, maxlen, report digest,
-#       then field pairs. Answers 1 (filed), 0 (the session has another report), 2 (this same
-#       report is filed already: its job ran again).
-FILE_REPORT = """
+#       its duration (s, '' unless completed), the line configuration (at 10), then field
+#       pairs (from 17). Answers 1 (filed), 0 (the session has another report), 2 (this same
+#       report is filed already: its job ran again). A session that held a slot of its agent
+#       name frees it, and the line moves in the same step.
+FILE_REPORT = (
+    LUA_LINE
+    + """
 if not redis.call('SET', KEYS[1], ARGV[8], 'NX', 'EX', ARGV[6]) then
   if redis.call('GET', KEYS[1]) == ARGV[8] then return 2 end
   return 0
 end
+local agent = redis.call('HGET', KEYS[3], 'agent_name')
+local in_line = redis.call('HEXISTS', KEYS[3], 'line_score') == 1
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'session_id', ARGV[1],
            'event_id', ARGV[4], 'room', ARGV[5], 'status', ARGV[2], 'report', ARGV[3])
 redis.call('HSET', KEYS[3], 'session_id', ARGV[1], 'event_id', ARGV[4], 'room', ARGV[5],
            'status', ARGV[2])
-for i = 9, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
+for i = 17, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[3], ARGV[6])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[7], ARGV[1])
 if redis.call('GET', KEYS[5]) == ARGV[1] then redis.call('DEL', KEYS[5]) end
 redis.call('DEL', KEYS[6], KEYS[8])
+if in_line and agent then
+  redis.call('ZREM', LINE .. agent, ARGV[1])
+  if ARGV[9] ~= '' then
+    redis.call('LPUSH', DURATIONS .. agent, ARGV[9])
+    redis.call('LTRIM', DURATIONS .. agent, 0, KEPT - 1)
+  end
+  if redis.call('ZREM', SLOTS .. agent, ARGV[1]) == 1 then move_line(agent, line_config(10)) end
+end
 return 1
 """
+)
 
 # KEYS: session, event, payload, check's arq job key, its arq result key, arq queue, lease
 # ARGV: dispatch_id, now_ms, payload, retention_s, check job id, check job body, check due ms,
@@ -113,6 +235,64 @@ if redis.call('EXISTS', KEYS[4], KEYS[5]) == 0 then
 end
 return 1
 """
+
+# KEYS: session, lease; ARGV: dispatch id, lease token, the line configuration (at 3).
+# A session of a known capacity whose dispatch no worker took (a worker went full between
+# its slot and its dispatch) goes back to its place at the head of the line, gives up its
+# slot and the lease, and the line moves. 1 when done; 0 when the session moved on; -1 when
+# its agent name has no known capacity (the caller dispatches again, or fails it).
+REQUEUE = (
+    LUA_LINE
+    + """
+if redis.call('HGET', KEYS[1], 'status') ~= 'dispatched'
+   or redis.call('HGET', KEYS[1], 'dispatch_id') ~= ARGV[1] then
+  return 0
+end
+local sid = redis.call('HGET', KEYS[1], 'session_id')
+local score = redis.call('HGET', KEYS[1], 'line_score')
+local agent = redis.call('HGET', KEYS[1], 'agent_name')
+local cfg = line_config(3)
+if not score or not agent or not capacity(agent, cfg) then return -1 end
+redis.call('HSET', KEYS[1], 'status', 'waiting')
+redis.call('HDEL', KEYS[1], 'dispatch_id', 'confirm_job')
+redis.call('ZREM', SLOTS .. agent, sid)
+redis.call('ZADD', LINE .. agent, score, sid)
+if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
+move_line(agent, cfg)
+return 1
+"""
+)
+
+# ARGV: agent_name, '1' to first free the slots of sessions that ended or went back to the
+# line (a backstop: every ending frees its slot itself), the line configuration (at 3).
+# Lets out of the line as many as slots are free; the number let out.
+MOVE_LINE = (
+    LUA_TERMINAL
+    + LUA_LINE
+    + """
+local agent = ARGV[1]
+if ARGV[2] == '1' then
+  for _, sid in ipairs(redis.call('ZRANGE', SLOTS .. agent, 0, -1)) do
+    local status = redis.call('HGET', SESSION .. sid, 'status')
+    if not status or terminal(status) or status == 'waiting' then
+      redis.call('ZREM', SLOTS .. agent, sid)
+    end
+  end
+end
+return move_line(agent, line_config(3))
+"""
+)
+
+# ARGV: agent_name, the line configuration (at 2). {capacity (-1: not known), slots in use,
+# sessions waiting}.
+LINE_STATE = (
+    LUA_LINE
+    + """
+local agent = ARGV[1]
+local cap = capacity(agent, line_config(2))
+return {cap or -1, redis.call('ZCARD', SLOTS .. agent), redis.call('ZCARD', LINE .. agent)}
+"""
+)
 
 # KEYS: session; ARGV: expected statuses joined by ',', expected dispatch id ('' any), then
 # field pairs. Updates only a session in one of the expected states (and with that dispatch),

@@ -11,8 +11,10 @@ from tasks.connection import text
 
 
 class SessionStatus(StrEnum):
-    """claimed → dispatched → assigned → (ending) → completed | failed | lost."""
+    """(waiting →) claimed → dispatched → assigned → (ending) → completed | failed | lost."""
 
+    WAITING = "waiting"
+    """The room is held for the session; it waits in its agent name's line for a free slot."""
     CLAIMED = "claimed"
     """The room is held for the session; its dispatch is being made."""
     DISPATCHED = "dispatched"
@@ -26,8 +28,8 @@ class SessionStatus(StrEnum):
     LOST = "lost"
 
 
-LIVE = frozenset({SessionStatus.CLAIMED, SessionStatus.DISPATCHED, SessionStatus.ASSIGNED,
-                  SessionStatus.ENDING})  # fmt: skip
+LIVE = frozenset({SessionStatus.WAITING, SessionStatus.CLAIMED, SessionStatus.DISPATCHED,
+                  SessionStatus.ASSIGNED, SessionStatus.ENDING})  # fmt: skip
 """A live session holds its room's claim."""
 TERMINAL = frozenset({SessionStatus.COMPLETED, SessionStatus.FAILED, SessionStatus.LOST})
 """A terminal session has its one report on the results stream."""
@@ -55,8 +57,16 @@ class Session:
     job_id: str | None = None
     """The LiveKit job an agent runs the session in."""
     worker_id: str | None = None
+    priority: int = 0
+    line_score: int | None = None
+    """Its place in its agent name's waiting line (lower first); set when the agent name's
+    capacity was known at its claim, so that it waits for a slot or holds one."""
+    expires_at: int | None = None
+    """The event's `expires_at`: not dispatched after this."""
     enqueued_at: int | None = None
     claimed_at: int | None = None
+    admitted_at: int | None = None
+    """When a slot freed for it and it left the line."""
     dispatched_at: int | None = None
     assigned_at: int | None = None
     end_requested_at: int | None = None

@@ -1,7 +1,8 @@
 """Session state in Redis: the per-room claim, event idempotency, session records, and the
 exactly-once filing of terminal reports. Each decision that must be atomic is one Lua script.
 
-A session moves claimed → dispatched → assigned → (ending) → completed | failed | lost.
+A session moves (waiting →) claimed → dispatched → assigned → (ending) → completed | failed |
+lost: it waits only where its agent name's capacity is known and no slot is free (store.line).
 The room claim exists exactly while the room's session is not terminal.
 """
 
@@ -19,6 +20,7 @@ from redis.exceptions import RedisError
 
 from orchestrator.store import lua, queries
 from orchestrator.store.connections import UNREACHABLE
+from orchestrator.store.line import LineConfig
 from orchestrator.store.record import Session, SessionStatus
 from orchestrator.store.script_pipe import ScriptPipe
 from tasks import keys
@@ -28,12 +30,15 @@ from tasks.serialization import job_body
 
 CHECK_JOB_TTL_MS = 24 * 3600 * 1000  # arq's default: a job not run a day after it was due expires
 
-ClaimKind = Literal["claimed", "resume", "busy", "deduplicated", "duplicate_event"]
+ClaimKind = Literal["claimed", "waiting", "resume", "busy", "deduplicated", "duplicate_event"]
 LeaseAnswer = Literal["ok", "busy", "moved"]
 Filing = Literal["filed", "same", "other"]
 """What filing a report did: filed it; found this same report filed (its job ran again);
 found another report filed for the session."""
 _FILINGS: dict[int, Filing] = {1: "filed", 2: "same", 0: "other"}
+Requeue = Literal["requeued", "moved", "no_line"]
+_REQUEUES: dict[int, Requeue] = {1: "requeued", 0: "moved", -1: "no_line"}
+DEFAULT_WORKER_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,8 @@ class Claim:
     session_id: str
     busy_ms: int = 0
     """For `busy`: how long the other run's lease still holds."""
+    position: int = 0
+    """For `waiting`: its place in the line (1: next out; 0: let out at once)."""
 
 
 @dataclass(frozen=True)
@@ -68,9 +75,12 @@ class SessionStore:
         event_retention_s: int,
         record_linger_s: float = 0.0,
         first_check_s: float = 0.0,
+        line: LineConfig | None = None,
     ) -> None:
-        """`first_check_s`: how long after its claim reconciliation first looks at a session."""
+        """`first_check_s`: how long after its claim reconciliation first looks at a session;
+        `line`: the agent names' static capacities and how long a worker's capacity counts."""
         self.redis = redis
+        self.line = line or LineConfig({}, DEFAULT_WORKER_TIMEOUT_S)
         self.retention_s = retention_s
         self.event_retention_s = event_retention_s
         self.record_linger_s = record_linger_s
@@ -85,6 +95,8 @@ class SessionStore:
         self._free_orphan_claims = self.scripts.script(lua.FREE_ORPHAN_CLAIMS)
         self._lease = self.scripts.script(lua.LEASE)
         self._release = self.scripts.script(lua.RELEASE)
+        self._requeue = self.scripts.script(lua.REQUEUE)
+        self._move_line = self.scripts.script(lua.MOVE_LINE)
 
     async def claim(
         self,
@@ -97,13 +109,18 @@ class SessionStore:
         enqueued_ms: int,
         dispatch_job: str,
         lease: Lease,
+        job_metadata: str = "",
+        priority: int = 0,
+        expires_ms: int | None = None,
         linger_s: float = 0.0,
     ) -> Claim:
         """Claim `room` for the session, atomically with the event's idempotency record, and
         take the session's `lease` (`dispatch_job` is the arq job that dispatches it); the
-        claim may wait up to `linger_s` to share a write (script_pipe)."""
+        claim may wait up to `linger_s` to share a write (script_pipe). Where the agent
+        name's capacity is known, it takes a slot too, or the session waits in the line
+        (`waiting`) with its `job_metadata` kept for when it is let out."""
         now = now_ms()
-        kind, holder, *busy = await self.scripts.run(
+        kind, holder, *extra = await self.scripts.run(
             self._claim,
             keys=[
                 keys.event_key(event_id),
@@ -114,6 +131,7 @@ class SessionStore:
                 keys.room_sessions_key(room),
                 keys.RECONCILE_DUE,
                 keys.session_lease_key(session_id),
+                keys.session_payload_key(session_id),
             ],
             args=[
                 session_id,
@@ -130,10 +148,17 @@ class SessionStore:
                 dispatch_job,
                 lease.token,
                 lease.ttl_ms,
+                priority,
+                expires_ms if expires_ms is not None else "",
+                job_metadata,
+                *self.line.args(now),
             ],
             linger_s=linger_s,
         )
-        return Claim(text(kind), text(holder), int(busy[0]) if busy else 0)  # type: ignore[arg-type]
+        kind = text(kind)
+        if kind == "waiting":
+            return Claim("waiting", text(holder), position=int(extra[0]))
+        return Claim(kind, text(holder), int(extra[0]) if extra else 0)  # type: ignore[arg-type]
 
     async def record_event(self, event_id: str, outcome: str, *, overwrite: bool) -> None:
         """Set an event's outcome, so a replay of it is recognised; without `overwrite`, only
@@ -229,6 +254,7 @@ class SessionStore:
             if value:
                 fields[name] = value
         body = report.model_dump_json()
+        completed_in = report.duration_s if report.status == "completed" else None
         args: list[Any] = [
             report.session_id,
             report.status,
@@ -238,6 +264,8 @@ class SessionStore:
             self.retention_s,
             keys.RESULTS_STREAM_MAXLEN,
             hashlib.blake2b(body.encode(), digest_size=16).hexdigest(),
+            "" if completed_in is None else round(completed_in, 3),
+            *self.line.args(now_ms()),
         ]
         for name, value in fields.items():
             args += [name, value]
@@ -256,6 +284,28 @@ class SessionStore:
             args=args,
         )
         return _FILINGS[filed]
+
+    async def requeue(self, session_id: str, dispatch_id: str, lease: Lease) -> Requeue:
+        """Put a session whose dispatch `dispatch_id` no worker took back at its place in the
+        line, freeing its slot and `lease`: `requeued`; `moved` when the session is no longer
+        as found; `no_line` when its agent name has no known capacity."""
+        answer = await self.scripts.run(
+            self._requeue,
+            keys=[keys.session_key(session_id), keys.session_lease_key(session_id)],
+            args=[dispatch_id, lease.token, *self.line.args(now_ms())],
+        )
+        return _REQUEUES[int(answer)]
+
+    async def move_line(self, agent_name: str, *, sweep: bool = False) -> int:
+        """Let waiting sessions of `agent_name` out into the free slots (after freeing the
+        slots of sessions that ended, with `sweep`); how many went."""
+        return int(
+            await self.scripts.run(
+                self._move_line,
+                keys=[],
+                args=[agent_name, "1" if sweep else "0", *self.line.args(now_ms())],
+            )
+        )
 
     async def take_lease(
         self, session_id: str, lease: Lease, *, status: str, dispatch_id: str = ""

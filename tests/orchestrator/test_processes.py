@@ -14,7 +14,8 @@ from arq import ArqRedis
 from livekit_sim import LiveKitSim
 from orchestrator.store.record import Session
 from orchestrator.store.sessions import SessionStore
-from tasks import DispatchRequest, enqueue_dispatch
+from tasks import DispatchRequest, enqueue_dispatch, enqueue_session_report
+from tasks.models import SessionReport
 from tests.orchestrator.conftest import Spawn, results, worker_checked_in
 from tests.orchestrator.test_dispatch import CREATE
 from tests.support.fake_worker import AcceptingWorker
@@ -137,3 +138,44 @@ async def test_rejected_credentials_stop_the_worker_at_start_up(spawn_worker: Sp
     log = proc.log_path.read_text()  # type: ignore[attr-defined]
     assert "LiveKit rejected the credentials" in log
     assert "not-the-servers-secret" not in log
+
+
+async def test_worker_killed_while_dispatching_from_the_line_leaves_one_dispatch(
+    sim: LiveKitSim, arq_redis: ArqRedis, spawn_worker: Spawn, agent_worker: AcceptingWorker
+) -> None:
+    capacity = '{"support-agent": 1}'
+    first = spawn_worker(LKD_AGENT_CAPACITY=capacity)
+    busy = await enqueue_dispatch(arq_redis, DispatchRequest(event_id="e-busy", room="r-busy"))
+    queued = await enqueue_dispatch(arq_redis, DispatchRequest(event_id="e-next", room="r-next"))
+    busy_out, queued_out = await eventually(
+        lambda: results(arq_redis, [busy.job_id, queued.job_id]), timeout_s=20, what="handled"
+    )
+    assert (busy_out["outcome"], queued_out["outcome"]) == ("dispatched", "waiting")
+
+    # The busy session ends; the line moves and LiveKit is slow to answer the next dispatch:
+    # the worker dies after the slot passed on and LiveKit made the dispatch.
+    sim.faults.set(CREATE, response_delay_ms=5_000)
+    store = SessionStore(arq_redis, retention_s=60, event_retention_s=60)
+    session = await store.get(busy_out["session_id"])
+    assert session is not None
+    await enqueue_session_report(
+        arq_redis,
+        SessionReport(
+            session_id=session.session_id, event_id="e-busy", room="r-busy", status="completed"
+        ),
+    )
+    await eventually(lambda: ours(sim, "r-next"), timeout_s=20, what="the next one dispatched")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    sim.faults.clear()
+
+    spawn_worker(LKD_AGENT_CAPACITY=capacity)  # runs the line's job again after its expiry
+
+    async def dispatched() -> Session | None:
+        found = await store.get(queued_out["session_id"])
+        return found if found and found.status in ("dispatched", "assigned") else None
+
+    session = await eventually(dispatched, timeout_s=40, what="the session let out dispatched")
+    [dispatch] = ours(sim, "r-next")
+    assert session.dispatch_id == dispatch.id
+    assert len([c for c in sim.calls_to(CREATE) if c.room == "r-next"]) == 1
