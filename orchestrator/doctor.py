@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import asdict, dataclass
 from email.utils import parsedate_to_datetime
 from typing import Literal
@@ -28,6 +28,7 @@ from orchestrator.errors import LiveKitError
 from orchestrator.gateway import LiveKitGateway
 from orchestrator.gateway.strays import StrayDispatch, stray_dispatches, stray_fix
 from orchestrator.settings import Settings
+from orchestrator.store import line
 from tasks import keys
 from tasks.heartbeat import DEFAULT_PERMISSIONS, WorkerRecord, worker_records
 from tasks.models import JobMetadata
@@ -157,10 +158,12 @@ async def _persistence(
 
 
 async def worker_checks(
-    redis: Redis, agent_worker_timeout_s: float = AGENT_WORKER_TIMEOUT_S
+    redis: Redis,
+    agent_worker_timeout_s: float = AGENT_WORKER_TIMEOUT_S,
+    static_capacity: Mapping[str, int] | None = None,
 ) -> list[Check]:
-    """An orchestrator worker checked in recently, the queue is not falling behind, and
-    which of our agent workers are alive."""
+    """An orchestrator worker checked in recently, the queue is not falling behind, which
+    of our agent workers are alive, and whether any line waits for agents that are gone."""
     checks: list[Check] = []
     try:
         beat = await redis.get(keys.WORKER_HEALTH_CHECK)
@@ -197,6 +200,8 @@ async def worker_checks(
     else:
         checks.append(Check("queue", "ok", f"{depth} jobs waiting"))
     checks.append(await agent_workers_check(redis, agent_worker_timeout_s))
+    config = line.LineConfig(static_capacity or {}, agent_worker_timeout_s)
+    checks.append(await lines_check(redis, config))
     return checks
 
 
@@ -246,6 +251,34 @@ async def agent_workers_check(redis: Redis, timeout_s: float) -> Check:
             f"sessions in use{shown}"
         )
     return Check("agent workers", "ok", "; ".join(parts))
+
+
+async def lines_check(redis: Redis, config: line.LineConfig) -> Check:
+    """Each agent name's waiting line against its capacity: sessions waiting while no
+    worker offers a slot wait until one comes."""
+    try:
+        states = await line.all_lines(redis, config, int(time.time() * 1000))
+    except (RedisError, OSError):
+        return Check("waiting lines", "skip", "Redis is unreachable")
+    if not states:
+        return Check("waiting lines", "ok", "no agent name with a known capacity")
+    stuck = [s for s in states if s.waiting and s.capacity == 0]
+    if stuck:
+        names = ", ".join(f"{s.agent_name!r} ({s.waiting} waiting)" for s in stuck)
+        return Check(
+            "waiting lines",
+            "warn",
+            f"sessions wait for agent names with no capacity: {names}; no agent worker of "
+            f"theirs has beaten in the last {config.worker_timeout_s:g} s",
+            "start agent workers with that AGENT_NAME (`python -m agent start`), or, for agents "
+            "that are not ours, give them a limit in LKD_AGENT_CAPACITY",
+        )
+    shown = "; ".join(
+        f"{s.agent_name!r}: {s.in_use} of "
+        f"{'?' if s.capacity is None else s.capacity} slots in use, {s.waiting} waiting"
+        for s in states
+    )
+    return Check("waiting lines", "ok", shown)
 
 
 async def _last_outage(redis: Redis) -> Check:
@@ -437,7 +470,9 @@ async def run_checks(
         reachable = next(c for c in checks if c.name == "redis").status == "ok"
         checks += (
             await worker_checks(
-                redis, settings.agent_worker_timeout_s if settings else AGENT_WORKER_TIMEOUT_S
+                redis,
+                settings.agent_worker_timeout_s if settings else AGENT_WORKER_TIMEOUT_S,
+                settings.agent_capacity if settings else None,
             )
             if reachable
             else [Check("orchestrator workers", "skip", "Redis is unreachable")]

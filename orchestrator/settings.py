@@ -161,6 +161,9 @@ class ClientSettings(BaseSettings):
     livekit_api_secret: SecretStr | None = Field(
         None, validation_alias=AliasChoices("LIVEKIT_API_SECRET")
     )
+    agent_capacity: dict[str, int] = Field(default={})
+    """As the orchestrator's: `orchestrator session` estimates a waiting session's wait."""
+    agent_worker_timeout_s: float = 10.0
     no_color: str = Field("", validation_alias=AliasChoices("NO_COLOR"))
     """Any non-empty value turns colours off in the command line's output (no-color.org)."""
 

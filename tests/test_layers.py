@@ -42,7 +42,8 @@ MAY_IMPORT: dict[str, set[str]] = {
         "orchestrator.settings", "orchestrator.logs", "tasks",
     },
     "orchestrator.doctor": {
-        "orchestrator.gateway", "orchestrator.errors", "orchestrator.settings", "tasks",
+        "orchestrator.gateway", "orchestrator.store", "orchestrator.errors",
+        "orchestrator.settings", "tasks",
     },
     "orchestrator": {"orchestrator.worker"},
     "orchestrator.__main__": {"orchestrator.cli"},

@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--event", metavar="FILE", help="a DispatchRequest as JSON ('-': stdin)")
     p.add_argument("--expires-in-s", type=float, help="drop the event if not dispatched by then")
     p.add_argument("--delay-s", type=float, help="dispatch no sooner than this")
+    p.add_argument(
+        "--priority", type=int, help="place in line when the agents are full: higher first"
+    )
     p.add_argument("--wait-s", type=float, default=0, help="wait this long for the outcome")
     _json_flag(p)
 

@@ -28,6 +28,7 @@ STATUS_COLOURS = {
     SessionStatus.ASSIGNED: "cyan",
     SessionStatus.DISPATCHED: "cyan",
     SessionStatus.CLAIMED: "blue",
+    SessionStatus.WAITING: "yellow",
     SessionStatus.ENDING: "magenta",
     SessionStatus.FAILED: "red",
     SessionStatus.LOST: "red",

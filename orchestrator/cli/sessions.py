@@ -19,7 +19,8 @@ from pydantic import ValidationError
 
 from orchestrator.cli.exits import EXIT_FAILED, EXIT_OK, UsageError
 from orchestrator.cli.output import Output, age_of, clock, duration
-from orchestrator.store import queries
+from orchestrator.settings import load_client_settings
+from orchestrator.store import line, queries
 from orchestrator.store.record import Session
 from tasks import keys
 from tasks.models import DispatchRequest, EndSessionRequest, session_id_for
@@ -114,6 +115,7 @@ def build_dispatch_request(args: argparse.Namespace) -> DispatchRequest:
         ("event_id", args.event_id),
         ("room", args.room),
         ("agent_name", args.agent_name),
+        ("priority", args.priority),
     ):
         if value is not None:
             data[name] = value
@@ -168,6 +170,8 @@ async def cmd_dispatch(args: argparse.Namespace, out: Output, redis: ArqRedis) -
         result = answer["result"]
         outcome = str(result.get("outcome", "?"))
         out.fields([("outcome", out.status(outcome)), ("reason", str(result.get("reason") or ""))])
+        if result.get("queue_position"):
+            out.fields([("place in line", str(result["queue_position"]))])
         if result.get("session_id") and result["session_id"] != answer["session_id"]:
             out.fields([("live session", str(result["session_id"]))])
     return EXIT_OK
@@ -221,8 +225,25 @@ def _session_pairs(out: Output, s: Session) -> list[tuple[str, str]]:
     ]
 
 
-def _view(session: Session) -> dict[str, Any]:
-    return session.view(int(time.time() * 1000))
+def _view(session: Session, place: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {**session.view(int(time.time() * 1000)), **(place or {})}
+
+
+async def _place(redis: ArqRedis, session: Session) -> dict[str, Any]:
+    """A waiting session's place in its line and estimated wait (store.line.place)."""
+    client = load_client_settings()
+    config = line.LineConfig(client.agent_capacity, client.agent_worker_timeout_s)
+    return await line.place(redis, config, session, int(time.time() * 1000))
+
+
+def _place_pairs(place: dict[str, Any]) -> list[tuple[str, str]]:
+    if not place:
+        return []
+    wait = place.get("estimated_wait_s")
+    return [
+        ("place in line", str(place["queue_position"])),
+        ("estimated wait", duration(wait) if wait is not None else "unknown"),
+    ]
 
 
 async def cmd_session(args: argparse.Namespace, out: Output, redis: ArqRedis) -> int:
@@ -240,10 +261,11 @@ async def cmd_session(args: argparse.Namespace, out: Output, redis: ArqRedis) ->
         else:
             out.error(f"no {what} (sessions are kept for LKD_SESSION_RETENTION_S)")
         return EXIT_FAILED
+    place = await _place(redis, session)
     if out.json_mode:
-        out.json(_view(session))
+        out.json(_view(session, place))
     else:
-        out.fields(_session_pairs(out, session))
+        out.fields(_session_pairs(out, session) + _place_pairs(place))
     return EXIT_OK
 
 

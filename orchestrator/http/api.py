@@ -3,6 +3,8 @@ their join tokens, read results and dead letters, replay a failed dispatch."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -60,6 +62,12 @@ def parse_query(request: web.Request, model: type[M]) -> M:
         raise invalid(exc, "query") from None
 
 
+ANSWER_WAIT_S = 1.0
+"""How long POST /v1/dispatches waits for a worker's outcome, so that its answer says whether
+the session waits in line, and where."""
+ANSWER_POLL_S = 0.005
+
+
 def reply(answer: BaseModel, status: int = 200) -> web.Response:
     return web.json_response(answer.model_dump(mode="json"), status=status)
 
@@ -81,20 +89,40 @@ async def _event(request: web.Request, event_id: str) -> EventView:
 
 async def post_dispatch(request: web.Request) -> web.Response:
     body = await parse_body(request, DispatchBody)
-    job = await enqueue_dispatch(of(request).redis, body.request())
-    event = await _event(request, body.event_id)
+    svc = of(request)
+    job = await enqueue_dispatch(svc.redis, body.request())
+    event = await _handled(request, body)
     session_id = event.session_id or session_id_for(body.event_id)
+    place: dict[str, Any] = {}
+    if event.outcome == "waiting":
+        session = await queries.get_session(svc.redis, session_id)
+        if session is not None:
+            place = await line.place(svc.redis, svc.store.line, session, now_ms())
     answer = DispatchAccepted(
         job_id=job.job_id,
         event_id=body.event_id,
         session_id=session_id,
         outcome=event.outcome,
         status_url=f"/v1/sessions/{session_id}",
+        **place,
     )
     if body.participant is not None:
         await _same_room(job, body)
         answer.join = join_token(of(request).settings, body.room, body.participant)
     return reply(answer, 202)
+
+
+async def _handled(request: web.Request, body: DispatchBody) -> EventView:
+    """The event's record once a worker has handled it (dispatched it, put it in line, ...),
+    waiting up to ANSWER_WAIT_S (not for an event due later); as it stands then."""
+    deadline = time.monotonic() + ANSWER_WAIT_S
+    while True:
+        event = await _event(request, body.event_id)
+        if event.outcome not in (None, "claimed") or body.not_before is not None:
+            return event  # "claimed": its dispatch is being made
+        if time.monotonic() >= deadline:
+            return event
+        await asyncio.sleep(ANSWER_POLL_S)
 
 
 async def _same_room(job: Job, body: DispatchBody) -> None:

@@ -11,15 +11,22 @@ read-only and the page works without a token, replay excepted.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from aiohttp import web
 
 from orchestrator.http.api import dead_letter_page, parse_query, reply, results_page
-from orchestrator.http.schemas import DispatchPoint, Overview, OverviewQuery, session_view
+from orchestrator.http.schemas import (
+    DispatchPoint,
+    LineView,
+    Overview,
+    OverviewQuery,
+    session_view,
+)
 from orchestrator.http.service import of
 from orchestrator.http.spec import Route
-from orchestrator.store import queries
+from orchestrator.store import line, queries
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_LIVE_SHOWN = 200
@@ -52,6 +59,10 @@ async def overview(request: web.Request) -> web.Response:
         now_ms=now,
         queue_depth=await queries.queue_depth(svc.redis),
         live_count=live_count,
+        lines=[
+            LineView(**asdict(state))
+            for state in await line.all_lines(svc.redis, svc.store.line, now)
+        ],
         live_sessions=[session_view(s) for s in live],
         time_to_dispatch=sorted(points, key=lambda p: p.at_ms),
         reports=await results_page(request, q.reports),

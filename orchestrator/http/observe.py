@@ -2,8 +2,8 @@
 
 /metrics shows the workers' counters and histograms as summed in Redis by every worker
 (`orchestrator.metrics.shared`), gauges computed from Redis at scrape time (live sessions by
-state, queue depth, dead letters, workers up), and this HTTP process's own counters.
-Scrape one replica of the HTTP service for the cluster-wide figures.
+state, queue depth, dead letters, workers up, each agent name's capacity and line), and this
+HTTP process's own counters. Scrape one replica of the HTTP service for the cluster-wide figures.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from orchestrator.http.schemas import Check, Health
 from orchestrator.http.service import Service, of
 from orchestrator.http.spec import Route
 from orchestrator.metrics import shared
-from orchestrator.store import queries
+from orchestrator.store import line, queries
 from orchestrator.store.record import LIVE, SessionStatus
 from tasks import keys
 
@@ -105,9 +105,30 @@ async def _gauges(svc: Service) -> list[Metric]:
         "lkd_results": ("Entries on the results stream", await redis.xlen(keys.RESULTS_STREAM)),
         "lkd_worker_up": ("1 while an orchestrator worker checks in", int(worker_ok)),
     }
-    gauges: list[Metric] = [active]
+    gauges: list[Metric] = [active, *await _line_gauges(svc)]
     gauges += [GaugeMetricFamily(name, text, value=value) for name, (text, value) in plain.items()]
     return gauges
+
+
+async def _line_gauges(svc: Service) -> list[Metric]:
+    """Per agent name with a known capacity: its capacity, slots in use, sessions waiting."""
+    capacity = GaugeMetricFamily(
+        "lkd_agent_capacity",
+        "Sessions at once the agent name's workers take (their heartbeats, or its static limit)",
+        labels=["agent_name"],
+    )
+    in_use = GaugeMetricFamily(
+        "lkd_agent_sessions", "Sessions holding a slot of the agent name", labels=["agent_name"]
+    )
+    waiting = GaugeMetricFamily(
+        "lkd_waiting_sessions", "Sessions waiting in the agent name's line", labels=["agent_name"]
+    )
+    for state in await line.all_lines(svc.redis, svc.store.line, int(time.time() * 1000)):
+        if state.capacity is not None:
+            capacity.add_metric([state.agent_name], state.capacity)
+        in_use.add_metric([state.agent_name], state.in_use)
+        waiting.add_metric([state.agent_name], state.waiting)
+    return [capacity, in_use, waiting]
 
 
 async def prometheus(request: web.Request) -> web.Response:

@@ -67,8 +67,13 @@ class DispatchAccepted(_Answer):
     """The session this event opens. When its room already has a live session the event is
     deduplicated onto that one, and a repeated POST (or GET /v1/events/{event_id}) says so."""
     outcome: str | None = None
-    """What the worker did with the event (dispatched, deduplicated, expired, failed, ...);
-    null until a worker has handled it."""
+    """What the worker did with the event (dispatched, waiting, deduplicated, expired,
+    failed, ...): the answer waits up to a second for it; null when no worker has handled it
+    by then."""
+    queue_position: int | None = None
+    """For `waiting` (every agent of its agent name is busy): its place in the line, 1 next."""
+    estimated_wait_s: float | None = None
+    """For `waiting`: the expected wait, when recent sessions tell."""
     status_url: str
     join: Join | None = None
     """With a `participant` in the request: how that person joins the room."""
@@ -184,12 +189,24 @@ class DispatchPoint(_Answer):
     room: str
 
 
+class LineView(_Answer):
+    """An agent name's waiting line: what its fleet takes, how much of it is in use, and how
+    many sessions wait for a slot."""
+
+    agent_name: str
+    capacity: int | None
+    """Slots its agent workers offer now (or its static limit); null: not known, no line."""
+    in_use: int
+    waiting: int
+
+
 class Overview(_Answer):
     """Everything the dashboard shows, in one answer."""
 
     now_ms: int
     queue_depth: int
     live_count: int
+    lines: list[LineView]
     live_sessions: list[SessionView]
     time_to_dispatch: list[DispatchPoint]
     reports: list[ResultView]

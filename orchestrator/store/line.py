@@ -72,6 +72,12 @@ async def line_names(redis: Redis) -> list[str]:
     return sorted(text(name) for name in await redis.smembers(keys.LINE_NAMES))  # type: ignore[misc]
 
 
+async def all_lines(redis: Redis, config: LineConfig, now_ms: int) -> list[LineState]:
+    """Every agent name's line whose capacity is known, or that has sessions in it."""
+    states = [await line_state(redis, config, name, now_ms) for name in await line_names(redis)]
+    return [s for s in states if s.capacity is not None or s.in_use or s.waiting]
+
+
 async def place(redis: Redis, config: LineConfig, session: Session, now_ms: int) -> dict[str, Any]:
     """A waiting session's `queue_position` (1: next out) and `estimated_wait_s` (None when
     nothing tells: no capacity, or no session of that agent name completed lately); empty

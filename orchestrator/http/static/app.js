@@ -109,6 +109,15 @@ function renderLive(sessions) {
   fillTable("live", "live-empty", rows);
 }
 
+function renderLines(lines) {
+  const rows = lines.map((l) => el("tr", { "data-agent-name": l.agent_name },
+    el("td", {}, l.agent_name),
+    el("td", { className: "num" }, l.capacity === null ? "–" : String(l.capacity)),
+    el("td", { className: "num" }, String(l.in_use)),
+    el("td", { className: "num" + (l.waiting && !l.capacity ? " bad" : "") }, String(l.waiting))));
+  fillTable("lines", "lines-empty", rows);
+}
+
 function renderReports(results) {
   const rows = results.map(({ report: r }) => el("tr", { "data-session-id": r.session_id },
     el("td", { className: "mono" }, clock(Date.parse(r.ended_at))),
@@ -253,6 +262,7 @@ function render(data) {
   $("queue-depth").textContent = data.queue_depth;
   $("live-count").textContent = data.live_count;
   renderLive(data.live_sessions);
+  renderLines(data.lines);
   renderChart(data.time_to_dispatch, data.now_ms);
   renderReports(data.reports);
   renderFailures(data.dead_letters);
