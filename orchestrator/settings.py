@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     capacity), as JSON: LKD_AGENT_CAPACITY='{"billing-agent": 20}'. Beyond it, events wait in
     a line. A name whose workers are ours is sized by their heartbeats instead; a name with
     neither is dispatched without a line."""
+    waiting_line: bool = True
+    """Events beyond an agent name's known capacity wait in line; false: every event is
+    dispatched at once, as LiveKit may then drop it (with no worker free) and the session fail."""
     claim_stale_s: float = 60.0
     """A session still `claimed` this long after its claim (its dispatch job died) is re-checked."""
     reconcile_interval_s: int = 10

@@ -61,7 +61,9 @@ def _startup(settings: Settings) -> Any:
             event_retention_s=settings.event_retention_s,
             record_linger_s=settings.record_linger_ms / 1000,
             first_check_s=settings.session_check_every_s,
-            line=LineConfig(settings.agent_capacity, settings.agent_worker_timeout_s),
+            line=LineConfig(
+                settings.agent_capacity, settings.agent_worker_timeout_s, settings.waiting_line
+            ),
         )
         ctx[CTX_KEY] = Context(settings=settings, redis=redis, store=store, livekit=gateway)
         ctx[FLUSHER_KEY] = shared.Flusher(ctx["redis"], settings.metrics_flush_interval_s).start()

@@ -112,7 +112,9 @@ def create_app(settings: Settings) -> web.Application:
                 redis,
                 retention_s=settings.session_retention_s,
                 event_retention_s=settings.event_retention_s,
-                line=LineConfig(settings.agent_capacity, settings.agent_worker_timeout_s),
+                line=LineConfig(
+                    settings.agent_capacity, settings.agent_worker_timeout_s, settings.waiting_line
+                ),
             ),
             webhook_receiver=livekit_api.WebhookReceiver(verifier),
         )

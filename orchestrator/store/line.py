@@ -39,16 +39,24 @@ _JOB_PARTS = _line_job_parts()
 @dataclass(frozen=True)
 class LineConfig:
     """What the line's scripts need besides Redis: the static limits of agent names that are
-    not ours (LKD_AGENT_CAPACITY) and how long a worker's heartbeat counts (its capacity
-    lapses with it)."""
+    not ours (LKD_AGENT_CAPACITY), how long a worker's heartbeat counts (its capacity lapses
+    with it), and whether there is a line at all (LKD_WAITING_LINE)."""
 
     static_capacity: Mapping[str, int]
     worker_timeout_s: float
+    enabled: bool = True
 
     def args(self, now_ms: int) -> list[Any]:
         """The scripts' line configuration (store.lua.LUA_LINE's `line_config`)."""
         statics = json.dumps(dict(self.static_capacity)) if self.static_capacity else ""
-        return [statics, int(self.worker_timeout_s * 1000), *_JOB_PARTS, LINE_JOB_TTL_MS, now_ms]
+        return [
+            "1" if self.enabled else "0",
+            statics,
+            int(self.worker_timeout_s * 1000),
+            *_JOB_PARTS,
+            LINE_JOB_TTL_MS,
+            now_ms,
+        ]
 
 
 @dataclass(frozen=True)

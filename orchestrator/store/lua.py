@@ -22,9 +22,10 @@ PRIORITY_STEP = 2**42
 priorities within keys.PRIORITY_MIN..MAX and 4e12 arrivals."""
 
 # The waiting line, shared by the scripts that take or free a slot. A script reads its line
-# configuration from ARGV at `at` (SessionStore.line_args): the static limits (JSON object
-# agent_name -> slots, or ''), the worker heartbeat timeout (ms), the line dispatch job's body
-# in three parts around its session id and enqueue time, that job's expiry (ms), and now (ms).
+# configuration from ARGV at `at` (store.line.LineConfig.args): '1' (or '0': the line is off,
+# LKD_WAITING_LINE=false), the static limits (JSON object agent_name -> slots, or ''), the
+# worker heartbeat timeout (ms), the line dispatch job's body in three parts around its
+# session id and enqueue time, that job's expiry (ms), and now (ms).
 #
 # capacity(agent): what the agent name's fleet takes. The sum of the slots its workers offer
 # (tasks.heartbeat.beat_worker), counting those that beat within the timeout only: 0 while
@@ -42,11 +43,12 @@ local JOB, QUEUE, LINE_JOB = '{keys.ARQ_JOB_PREFIX}', '{keys.QUEUE_NAME}',
   '{keys.LINE_DISPATCH_JOB_PREFIX}'
 local FORGET_MS, PRIORITY_STEP = {FLEET_FORGET_MS}, {PRIORITY_STEP}
 local function line_config(at)
-  return {{statics = ARGV[at], timeout = tonumber(ARGV[at + 1]), head = ARGV[at + 2],
-          middle = ARGV[at + 3], tail = ARGV[at + 4], job_ttl = ARGV[at + 5],
-          now = ARGV[at + 6]}}
+  return {{enabled = ARGV[at] == '1', statics = ARGV[at + 1], timeout = tonumber(ARGV[at + 2]),
+          head = ARGV[at + 3], middle = ARGV[at + 4], tail = ARGV[at + 5],
+          job_ttl = ARGV[at + 6], now = ARGV[at + 7]}}
 end
 local function capacity(agent, cfg)
+  if not cfg.enabled then return nil end
   local fleet = FLEET .. agent
   local entries = redis.call('HGETALL', fleet)
   if #entries > 0 then
@@ -175,7 +177,7 @@ return {'claimed', sid}
 #       reconcile due set, session lease
 # ARGV: session_id, status, report_json, event_id, room, retention_s, maxlen, report digest,
 #       its duration (s, '' unless completed), the line configuration (at 10), then field
-#       pairs (from 17). Answers 1 (filed), 0 (the session has another report), 2 (this same
+#       pairs (from 18). Answers 1 (filed), 0 (the session has another report), 2 (this same
 #       report is filed already: its job ran again). A session that held a slot of its agent
 #       name frees it, and the line moves in the same step.
 FILE_REPORT = (
@@ -191,7 +193,7 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'session_id', ARGV[1],
            'event_id', ARGV[4], 'room', ARGV[5], 'status', ARGV[2], 'report', ARGV[3])
 redis.call('HSET', KEYS[3], 'session_id', ARGV[1], 'event_id', ARGV[4], 'room', ARGV[5],
            'status', ARGV[2])
-for i = 17, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
+for i = 18, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[3], ARGV[6])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[7], ARGV[1])

@@ -45,6 +45,7 @@ CHECKS = [
     "redis outages",
     "queue",
     "agent workers",
+    "waiting lines",
     "livekit",
     "clock skew",
     "livekit credentials",

@@ -377,3 +377,16 @@ async def test_three_workers_moving_one_line_skip_none_and_dispatch_none_twice(
     assert all(len(rs) == 1 and rs[0].status == "completed" for rs in filed.values())
     assert all(len(jobs_of(sim, sid)) == 1 for sid in sessions)
     assert most_at_once(sim) <= 3
+
+
+async def test_with_the_line_turned_off_every_event_is_dispatched_at_once(
+    sim: LiveKitSim,
+    arq_redis: ArqRedis,
+    redis_server: LocalRedis,
+    run_worker: RunWorker,
+    agent_worker: AcceptingWorker,
+) -> None:
+    settings = make_settings(redis_server, sim, agent_capacity={AGENT: 1}, waiting_line=False)
+    await run_worker(settings)
+    sent = [await send(arq_redis) for _ in range(3)]
+    assert [result["outcome"] for _, result in sent] == ["dispatched"] * 3

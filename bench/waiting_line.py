@@ -1,0 +1,175 @@
+"""The waiting line against real agent workers: a burst of 3x the fleet's capacity.
+
+Two agent workers (`python -m agent start`, AGENT_MAX_SESSIONS=3 each: capacity 6) serve
+sessions that last `--hold-s` seconds; the orchestrator is `arq orchestrator.WorkerSettings`;
+the sim runs in this process, so its own record of CreateDispatch calls and jobs gives the
+timings and the agents at once. The same burst runs twice, on a fresh orchestrator each time:
+- without the line (LKD_WAITING_LINE=false: today's behaviour, dispatch at once; LiveKit drops
+  what no worker takes, the assignment check dispatches again, then fails the session);
+- with the line (the default).
+
+It prints, for each: sessions failed, the most agents ever in flight against the capacity,
+and (with the line) p50 and p99 from a slot freeing (the script that filed a report let the
+next session out) to LiveKit receiving that session's CreateDispatch.
+
+    .venv/bin/python -m bench.waiting_line [--hold-s 8] [--burst-x 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from arq import ArqRedis
+
+from bench.dispatch_latency import Procs, arq_command
+from bench.time_to_agent import percentile, wait_until
+from livekit_sim import LiveKitSim
+from orchestrator.demo.local_redis import LocalRedis
+from orchestrator.store.queries import get_session
+from tasks import DispatchRequest, create_redis, enqueue_dispatch, recent_results, session_id_for
+
+API_KEY = "bench-key"
+API_SECRET = "bench-secret-0123456789-abcdefghijklmnop"
+AGENT_NAME = "line-agent"
+WORKERS, MAX_SESSIONS = 2, 3
+CAPACITY = WORKERS * MAX_SESSIONS
+CREATE = "AgentDispatchService/CreateDispatch"
+ROOT = Path(__file__).resolve().parent.parent
+# Today's retries give up after 1 + 2 + 4 s: sessions longer than that leave nothing to retry.
+ASSIGNMENT_CHECK_DELAY_S, ASSIGNMENT_ATTEMPTS = 1.0, 3
+
+
+def most_at_once(sim: LiveKitSim, since_ns: int) -> int:
+    changes = []
+    for job in sim.job_log:
+        if job.assigned_at_ns >= since_ns:
+            changes.append((job.assigned_at_ns, 1))
+            if job.ended_at_ns is not None:
+                changes.append((job.ended_at_ns, -1))
+    running = peak = 0
+    for _, change in sorted(changes):
+        running += change
+        peak = max(peak, running)
+    return peak
+
+
+async def burst(
+    sim: LiveKitSim, queue: ArqRedis, size: int, hold_s: float
+) -> tuple[collections.Counter[str], int, list[float]]:
+    """Send `size` events at once and wait for every report: reports by status, the most
+    agents at once, and the slot-to-CreateDispatch times (ms) of sessions let out of the
+    line."""
+    started_ns = time.time_ns()
+    events = [f"ev-{uuid.uuid4().hex[:12]}" for _ in range(size)]
+    await asyncio.gather(
+        *(
+            enqueue_dispatch(
+                queue,
+                DispatchRequest(
+                    event_id=e, room=f"room-{e}", agent_name=AGENT_NAME, metadata={"hold_s": hold_s}
+                ),
+            )
+            for e in events
+        )
+    )
+    sessions = {session_id_for(e) for e in events}
+
+    async def all_reported() -> bool:
+        found = {e.report.session_id for e in await recent_results(queue, 10 * size)}
+        return sessions <= found
+
+    await wait_until(all_reported, timeout_s=hold_s * size + 120, what="every report")
+    statuses = collections.Counter(
+        e.report.status for e in await recent_results(queue, 10 * size)
+        if e.report.session_id in sessions
+    )  # fmt: skip
+    creates: dict[str, list[int]] = collections.defaultdict(list)
+    for call in sim.calls_to(CREATE):
+        creates[call.room].append(call.at_ns)
+    slot_to_dispatch_ms = []
+    for event_id in events:
+        session = await get_session(queue, session_id_for(event_id))
+        if session is None or not session.admitted_at:
+            continue
+        after = [ns for ns in creates[session.room] if ns >= session.admitted_at * 1_000_000]
+        if after:
+            slot_to_dispatch_ms.append((min(after) - session.admitted_at * 1_000_000) / 1e6)
+    return statuses, most_at_once(sim, started_ns), slot_to_dispatch_ms
+
+
+async def run(hold_s: float, burst_x: int, log_dir: Path) -> None:
+    procs = Procs(log_dir)
+    with LocalRedis() as redis_server:
+        async with LiveKitSim(api_key=API_KEY, api_secret=API_SECRET) as sim:
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("LKD_", "AGENT_"))}
+            env.update(
+                REDIS_URL=redis_server.url,
+                LIVEKIT_URL=sim.url,
+                LIVEKIT_API_KEY=API_KEY,
+                LIVEKIT_API_SECRET=API_SECRET,
+                AGENT_NAME=AGENT_NAME,
+                AGENT_SESSION_HANDLER="bench.handlers:timed",
+                AGENT_MAX_SESSIONS=str(MAX_SESSIONS),
+                AGENT_NUM_IDLE_PROCESSES="1",
+                AGENT_COUNT_CPU_LOAD="false",
+                AGENT_HEALTH_HOST="127.0.0.1",
+                AGENT_HEALTH_PORT="0",
+                LKD_ASSIGNMENT_CHECK_DELAY_S=str(ASSIGNMENT_CHECK_DELAY_S),
+                LKD_ASSIGNMENT_ATTEMPTS=str(ASSIGNMENT_ATTEMPTS),
+                PYTHONPATH=str(ROOT),
+            )
+            queue = await create_redis(redis_server.url)
+            try:
+                for i in range(WORKERS):
+                    procs.start(f"agent-{i}", [sys.executable, "-m", "agent", "start"], env)
+                await wait_until(
+                    lambda: len(sim.workers.snapshot()) == WORKERS, 60, "agent registration"
+                )
+                size = burst_x * CAPACITY
+                for line in (False, True):
+                    name = "with the line" if line else "without the line (today)"
+                    orchestrator = procs.start(
+                        f"orchestrator-{int(line)}",
+                        [*arq_command(), "orchestrator.WorkerSettings"],
+                        {**env, "LKD_WAITING_LINE": str(line).lower()},
+                    )
+                    statuses, peak, waits = await burst(sim, queue, size, hold_s)
+                    procs.stop(orchestrator)
+                    failed = statuses.get("failed", 0) + statuses.get("lost", 0)
+                    print(
+                        f"{name}: {size} events at once, capacity {CAPACITY}: "
+                        f"{failed} failed ({dict(statuses)}), at most {peak} agents at once"
+                    )
+                    if waits:
+                        print(
+                            f"  slot freed -> next CreateDispatch, {len(waits)} sessions let out: "
+                            f"p50 {percentile(waits, 0.5):.1f} ms  p99 "
+                            f"{percentile(waits, 0.99):.1f} ms  max {max(waits):.1f} ms  "
+                            f"mean {statistics.fmean(waits):.1f} ms"
+                        )
+            finally:
+                procs.stop_all()
+                await queue.aclose()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.waiting_line", description=__doc__)
+    parser.add_argument("--hold-s", type=float, default=8.0, help="how long each session lasts")
+    parser.add_argument("--burst-x", type=int, default=3, help="the burst, in capacities")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="waiting-line-") as tmp:
+        asyncio.run(run(args.hold_s, args.burst_x, Path(tmp)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
