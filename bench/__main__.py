@@ -13,6 +13,7 @@ BENCHMARKS = [
     "bench.time_to_agent",
     "bench.reconcile_pass",
     "bench.overview",
+    "bench.waiting_line",
     "bench.chaos",
 ]
 

@@ -9,8 +9,11 @@ timings and the agents at once. The same burst runs twice, on a fresh orchestrat
 - with the line (the default).
 
 It prints, for each: sessions failed, the most agents ever in flight against the capacity,
-and (with the line) p50 and p99 from a slot freeing (the script that filed a report let the
-next session out) to LiveKit receiving that session's CreateDispatch.
+and, with the line: p50 and p99 from a slot freeing (the script that filed a report let the
+next session out) to LiveKit receiving that session's CreateDispatch; how many sessions let
+out met a worker still winding down its previous session (it declines: the session goes back
+to the head of the line and out again, orchestrator.jobs.line.LINE_CHECK_DELAY_S later); and
+from a session's first CreateDispatch to a worker taking it, which counts those round trips.
 
     .venv/bin/python -m bench.waiting_line [--hold-s 8] [--burst-x 3]
 """
@@ -20,12 +23,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import logging
 import os
 import statistics
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from arq import ArqRedis
@@ -62,12 +67,22 @@ def most_at_once(sim: LiveKitSim, since_ns: int) -> int:
     return peak
 
 
-async def burst(
-    sim: LiveKitSim, queue: ArqRedis, size: int, hold_s: float
-) -> tuple[collections.Counter[str], int, list[float]]:
-    """Send `size` events at once and wait for every report: reports by status, the most
-    agents at once, and the slot-to-CreateDispatch times (ms) of sessions let out of the
-    line."""
+@dataclass
+class Burst:
+    statuses: collections.Counter[str]
+    most_at_once: int
+    to_dispatch_ms: list[float] = field(default_factory=list)
+    """Sessions let out of the line: from their slot freeing to LiveKit receiving their
+    CreateDispatch."""
+    to_agent_ms: list[float] = field(default_factory=list)
+    """From their first CreateDispatch to a worker taking the job (the sim's assignment):
+    what a session sent back costs."""
+    sent_back: int = 0
+    """Sessions whose dispatch from the line no worker took, sent back to its head."""
+
+
+async def burst(sim: LiveKitSim, queue: ArqRedis, size: int, hold_s: float) -> Burst:
+    """Send `size` events at once and wait for every report."""
     started_ns = time.time_ns()
     events = [f"ev-{uuid.uuid4().hex[:12]}" for _ in range(size)]
     await asyncio.gather(
@@ -95,18 +110,26 @@ async def burst(
     creates: dict[str, list[int]] = collections.defaultdict(list)
     for call in sim.calls_to(CREATE):
         creates[call.room].append(call.at_ns)
-    slot_to_dispatch_ms = []
+    found = Burst(statuses, most_at_once(sim, started_ns))
     for event_id in events:
         session = await get_session(queue, session_id_for(event_id))
         if session is None or not session.admitted_at:
             continue
-        after = [ns for ns in creates[session.room] if ns >= session.admitted_at * 1_000_000]
+        if len(creates[session.room]) > 1:
+            found.sent_back += 1
+        # Its last admission: the one a worker took (a session sent back is let out again).
+        admitted_ns = session.admitted_at * 1_000_000
+        after = [ns for ns in creates[session.room] if ns >= admitted_ns]
         if after:
-            slot_to_dispatch_ms.append((min(after) - session.admitted_at * 1_000_000) / 1e6)
-    return statuses, most_at_once(sim, started_ns), slot_to_dispatch_ms
+            found.to_dispatch_ms.append((min(after) - admitted_ns) / 1e6)
+        jobs = [j.assigned_at_ns for j in sim.jobs_in(session.room)]
+        if jobs and creates[session.room]:
+            found.to_agent_ms.append((min(jobs) - min(creates[session.room])) / 1e6)
+    return found
 
 
 async def run(hold_s: float, burst_x: int, log_dir: Path) -> None:
+    logging.getLogger("livekit_sim").setLevel(logging.WARNING)  # a line per job otherwise
     procs = Procs(log_dir)
     with LocalRedis() as redis_server:
         async with LiveKitSim(api_key=API_KEY, api_secret=API_SECRET) as sim:
@@ -142,23 +165,33 @@ async def run(hold_s: float, burst_x: int, log_dir: Path) -> None:
                         [*arq_command(), "orchestrator.WorkerSettings"],
                         {**env, "LKD_WAITING_LINE": str(line).lower()},
                     )
-                    statuses, peak, waits = await burst(sim, queue, size, hold_s)
+                    found = await burst(sim, queue, size, hold_s)
                     procs.stop(orchestrator)
+                    statuses = found.statuses
                     failed = statuses.get("failed", 0) + statuses.get("lost", 0)
                     print(
                         f"{name}: {size} events at once, capacity {CAPACITY}: "
-                        f"{failed} failed ({dict(statuses)}), at most {peak} agents at once"
+                        f"{failed} failed ({dict(statuses)}), at most {found.most_at_once} "
+                        "agents at once"
                     )
-                    if waits:
+                    if found.to_dispatch_ms:
                         print(
-                            f"  slot freed -> next CreateDispatch, {len(waits)} sessions let out: "
-                            f"p50 {percentile(waits, 0.5):.1f} ms  p99 "
-                            f"{percentile(waits, 0.99):.1f} ms  max {max(waits):.1f} ms  "
-                            f"mean {statistics.fmean(waits):.1f} ms"
+                            f"  {len(found.to_dispatch_ms)} sessions let out of the line, "
+                            f"{found.sent_back} of them sent back once or more (a worker "
+                            "still winding down declined)"
                         )
+                        show("slot freed -> its CreateDispatch", found.to_dispatch_ms)
+                        show("first CreateDispatch -> a worker took the job", found.to_agent_ms)
             finally:
                 procs.stop_all()
                 await queue.aclose()
+
+
+def show(what: str, values: list[float]) -> None:
+    print(
+        f"  {what}: p50 {percentile(values, 0.5):.1f} ms  p99 {percentile(values, 0.99):.1f} ms"
+        f"  max {max(values):.1f} ms  mean {statistics.fmean(values):.1f} ms"
+    )
 
 
 def main() -> int:

@@ -164,11 +164,13 @@ async def dispatch_claimed(
     *,
     adopt: bool,
     queued_at: datetime | None,
+    check_in_s: float | None = None,
 ) -> dict[str, Any]:
     """Dispatch a session that holds its room (and its slot, where the agent name has a line)
     and the `lease`; with `adopt`, first look for a dispatch an earlier try made. The time
     from `queued_at` to CreateDispatch's answer is the time to dispatch (none is measured for
-    a session let out of the line: lkd_wait_seconds measures its wait)."""
+    a session let out of the line: lkd_wait_seconds measures its wait). Its assignment is
+    checked `check_in_s` later (LKD_ASSIGNMENT_CHECK_DELAY_S by default)."""
     session_id, room = target.session_id, target.room
     try:
         dispatch = None
@@ -195,7 +197,7 @@ async def dispatch_claimed(
         target.event_id,
         dispatch.id,
         target.metadata,
-        check_in_s=c.settings.assignment_check_delay_s,
+        check_in_s=c.settings.assignment_check_delay_s if check_in_s is None else check_in_s,
         attempt=1,
         lease=lease,
     )

@@ -28,6 +28,13 @@ from tasks.models import JobMetadata, check_agent_name
 
 log = structlog.get_logger("orchestrator.jobs.line")
 
+LINE_CHECK_DELAY_S = 1.0
+"""How soon the dispatch of a session let out of the line is checked. A slot is passed on
+the moment a report is filed, while the agent's job process may still be winding down: a
+worker that still counts it declines, LiveKit drops the dispatch, and the check sends the
+session back to the head of the line, to go again at once; soon, so that the caller waits
+a second for that rather than LKD_ASSIGNMENT_CHECK_DELAY_S."""
+
 
 async def dispatch_from_line(ctx: dict[str, Any], session_id: str) -> dict[str, Any]:
     """Dispatch a session let out of its line (it holds its slot), unless it expired."""
@@ -59,7 +66,13 @@ async def dispatch_from_line(ctx: dict[str, Any], session_id: str) -> dict[str, 
                 return await expire(c, session)
             target = await _target(c, session)
             outcome = await dispatch_claimed(
-                ctx, c, target, lease, adopt=ctx["job_try"] > 1, queued_at=None
+                ctx,
+                c,
+                target,
+                lease,
+                adopt=ctx["job_try"] > 1,
+                queued_at=None,
+                check_in_s=min(c.settings.assignment_check_delay_s, LINE_CHECK_DELAY_S),
             )
         if outcome["outcome"] == "dispatched":
             waited_s = (now_ms() - (session.claimed_at or now_ms())) / 1000
