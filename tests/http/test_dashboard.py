@@ -15,8 +15,10 @@ from arq.worker import Worker
 
 from livekit_sim import LiveKitSim
 from tasks import enqueue_session_report
+from tasks.heartbeat import WorkerRecord, beat_worker
 from tests.http.conftest import TOKEN, Service
 from tests.http.test_api import call, session_in
+from tests.orchestrator.conftest import AGENT
 from tests.orchestrator.test_dispatch import CREATE
 from tests.orchestrator.test_sessions import agent_report
 from tests.support.fake_worker import AcceptingWorker
@@ -134,3 +136,28 @@ async def test_the_dashboard_follows_sessions_reports_and_replays(
     new_sid = await eventually(replayed_session, what="replay claimed the room")
     await page.locator(f'#live tr[data-session-id="{new_sid}"]').wait_for(timeout=WAIT_MS)
     await page.screenshot(path=str(tmp_path / "dashboard-after-replay.png"), full_page=True)
+
+
+async def test_the_dashboard_shows_each_agent_names_line(
+    page: Any,
+    service: Service,
+    client: aiohttp.ClientSession,
+    arq_redis: ArqRedis,
+    orchestrator: Worker,
+    agent_worker: AcceptingWorker,
+) -> None:
+    # One worker of ours offers a single slot: the second event waits.
+    record = WorkerRecord(
+        instance="AI_ui", agent_name=AGENT, worker_id="AW_ui", max_sessions=1, sessions={}
+    )
+    await beat_worker(arq_redis, record)
+    await dispatch(client, "evt-line-1", "line-room-1")
+    await dispatch(client, "evt-line-2", "line-room-2")
+
+    await page.goto(service.url + "/")
+    await page.fill("#token", TOKEN)
+    await page.click("#login-form button[type=submit]")
+    row = page.locator(f'#lines tr[data-agent-name="{AGENT}"]')
+    await row.wait_for(timeout=WAIT_MS)
+    cells = [text.strip() for text in await row.locator("td").all_inner_texts()]
+    assert cells == [AGENT, "1", "1", "1"]  # capacity, in use, waiting
