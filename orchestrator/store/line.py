@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -45,18 +45,16 @@ class LineConfig:
     static_capacity: Mapping[str, int]
     worker_timeout_s: float
     enabled: bool = True
+    _fixed: tuple[Any, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        statics = json.dumps(dict(self.static_capacity)) if self.static_capacity else ""
+        fixed = ("1" if self.enabled else "0", statics, int(self.worker_timeout_s * 1000))
+        object.__setattr__(self, "_fixed", (*fixed, *_JOB_PARTS, LINE_JOB_TTL_MS))
 
     def args(self, now_ms: int) -> list[Any]:
         """The scripts' line configuration (store.lua.LUA_LINE's `line_config`)."""
-        statics = json.dumps(dict(self.static_capacity)) if self.static_capacity else ""
-        return [
-            "1" if self.enabled else "0",
-            statics,
-            int(self.worker_timeout_s * 1000),
-            *_JOB_PARTS,
-            LINE_JOB_TTL_MS,
-            now_ms,
-        ]
+        return [*self._fixed, now_ms]
 
 
 @dataclass(frozen=True)
