@@ -83,10 +83,22 @@ class RequestHandler:
         """Accepted jobs not yet running in a process, by job id: (room, session id).
         livekit-agents' accept() returns once the job runs in a process, which may first have
         to be started."""
+        self._accepted: dict[str, str] = {}
+        """Session id → job id of the jobs accepted since `take_accepted` last ran."""
 
     def starting_sessions(self) -> list[str]:
         """Session ids of the jobs accepted and not yet running in a process."""
         return [sid for _, sid in self._starting.values() if sid]
+
+    def take_accepted(self) -> dict[str, str]:
+        """Session id → job id of the jobs accepted since the last call (even one whose process
+        has already exited)."""
+        accepted, self._accepted = self._accepted, {}
+        return accepted
+
+    def starting_jobs(self) -> dict[str, str]:
+        """Session id → job id of the jobs accepted and not yet running in a process."""
+        return {sid: job_id for job_id, (_, sid) in self._starting.items() if sid}
 
     def held(self) -> int:
         """Jobs this worker holds: running in a process, or accepted and starting."""
@@ -137,6 +149,8 @@ class RequestHandler:
             identity = ""
         attributes = {SESSION_ID_ATTRIBUTE: session_id} if session_id else {}
         self._starting[request.id] = (room, session_id)
+        if session_id:
+            self._accepted[session_id] = request.id
         try:
             await request.accept(name=self._agent_name, identity=identity, attributes=attributes)
         except Exception as exc:  # e.g. AssignmentTimeoutError: the answer itself was sent

@@ -9,6 +9,10 @@ it go the slots the worker offers its agent name's waiting line: its session lim
 registered with LiveKit, only what it holds while it reports itself full. When it offers more
 than at its last beat, the beat also asks the orchestrator to move the line; registering
 beats at once.
+
+The main process also watches its job processes: one that exits without its session's report
+(killed, out of memory, crashed) is told to the orchestrator at once (`note_exit`), which ends
+the session `lost` without waiting for its heartbeat's silence.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from agent.admission import RequestHandler
 from agent.log import get_logger
 from agent.metadata import salvage_ids
 from agent.redis_link import REDIS_ERRORS, RedisLink
-from tasks.heartbeat import SessionHold, WorkerRecord, beat_worker, leave_fleet
+from tasks.heartbeat import SessionHold, WorkerRecord, beat_worker, leave_fleet, note_exit
 
 LEAVE_TIMEOUT_S = 1.0
+EXIT_WATCH_INTERVAL_S = 0.1
+"""How often the main process looks for job processes that exited: a local look, no I/O."""
 
 
 class WorkerBeat:
@@ -58,6 +64,7 @@ class WorkerBeat:
         self._wake = asyncio.Event()
         self.worker_id = ""
         self._task: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     def sessions(self) -> dict[str, SessionHold]:
         """What the worker holds now: starting (accepted, no process yet) or running."""
@@ -85,11 +92,56 @@ class WorkerBeat:
         self._wake.set()
 
     def start(self) -> None:
+        loop = asyncio.get_running_loop()
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="lkd_worker_beat")
+            self._task = loop.create_task(self._run(), name="lkd_worker_beat")
+        if self._watch is None:
+            self._watch = loop.create_task(self._watch_exits(), name="lkd_exit_watch")
+
+    def held_jobs(self) -> dict[str, str]:
+        """Session id → LiveKit job id of the sessions held now: accepted and starting, or
+        running in a job process (a job can start and die between two looks)."""
+        running = self._handler.starting_jobs()
+        for info in self._server.active_jobs:
+            session_id = salvage_ids(info.job.metadata).session_id
+            if session_id:
+                running[session_id] = info.job.id
+        return running
+
+    async def _watch_exits(self) -> None:
+        before: dict[str, str] = {}
+        while True:
+            await asyncio.sleep(EXIT_WATCH_INTERVAL_S)
+            try:
+                now = self.held_jobs()
+                # Jobs accepted since the last look count as seen, however short they lived.
+                seen = {**before, **self._handler.take_accepted()}
+                for session_id, job_id in seen.items():
+                    if now.get(session_id) != job_id:
+                        await self._exited(session_id, job_id)
+                before = now
+            except Exception:  # the watch must outlive any one look
+                get_logger().exception("watching job processes failed")
+
+    async def _exited(self, session_id: str, job_id: str) -> None:
+        log = get_logger(session_id=session_id, job_id=job_id)
+        try:
+            redis = await asyncio.wait_for(self._link.get(), self._interval_s)
+            told = await asyncio.wait_for(note_exit(redis, session_id, job_id), self._interval_s)
+        except REDIS_ERRORS as exc:
+            # Reconciliation finds the session by its heartbeat's silence instead.
+            log.warning("could not say a job process exited", error=type(exc).__name__)
+            return
+        if told:
+            log.warning("job process exited without its report: told the orchestrator")
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

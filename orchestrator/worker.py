@@ -18,6 +18,7 @@ from orchestrator.jobs.assignment import confirm_assignment
 from orchestrator.jobs.context import CTX_KEY, Context
 from orchestrator.jobs.dispatch import dispatch_agent
 from orchestrator.jobs.end_session import end_session
+from orchestrator.jobs.exits import agent_exited
 from orchestrator.jobs.line import dispatch_from_line, move_line
 from orchestrator.jobs.reconcile import reconcile_sessions
 from orchestrator.jobs.rejections import reject_malformed_job
@@ -99,6 +100,7 @@ def worker_settings(settings: Settings | None = None) -> dict[str, Any]:
         (keys.CONFIRM_ASSIGNMENT, confirm_assignment),
         (keys.DISPATCH_FROM_LINE, dispatch_from_line),
         (keys.MOVE_LINE, move_line),
+        (keys.AGENT_EXITED, agent_exited),
         (keys.END_SESSION, end_session),
         (keys.SESSION_REPORT, session_report),
         (keys.REJECT_MALFORMED_JOB, reject_malformed_job),

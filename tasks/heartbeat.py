@@ -18,17 +18,23 @@ from typing import Literal
 from redis.asyncio import Redis
 
 from tasks.keys import (
+    AGENT_EXITED,
     AGENT_WORKERS,
     ARQ_JOB_PREFIX,
+    ARQ_RESULT_PREFIX,
     LINE_NAMES,
     MOVE_LINE,
     QUEUE_NAME,
+    agent_exited_job_id,
     agent_heartbeat_key,
     agent_job_key,
     agent_worker_key,
     fleet_key,
     move_line_job_id,
+    report_filed_key,
+    report_job_id,
 )
+from tasks.producer import enqueue_job
 from tasks.serialization import job_body
 
 HEARTBEAT_TTL_S = 24 * 3600
@@ -199,3 +205,18 @@ async def worker_records(redis: Redis, since_ms: int) -> list[WorkerRecord]:
     raws = await redis.mget([agent_worker_key(i.decode()) for i in instances])
     records = [WorkerRecord.from_json(raw) for raw in raws if raw is not None]
     return [r for r in records if r is not None and r.at_ms >= since_ms]
+
+
+async def note_exit(redis: Redis, session_id: str, job_id: str) -> bool:
+    """The job process that ran `session_id` in LiveKit job `job_id` has exited: unless its
+    report is queued or filed (our agent writes it before its process exits), tell the
+    orchestrator, which ends the session `lost` at once. Whether it told."""
+    report = report_job_id(session_id, job_id)
+    if await redis.exists(
+        ARQ_JOB_PREFIX + report, ARQ_RESULT_PREFIX + report, report_filed_key(session_id)
+    ):
+        return False
+    await enqueue_job(
+        redis, AGENT_EXITED, session_id, job_id, job_id=agent_exited_job_id(session_id, job_id)
+    )
+    return True

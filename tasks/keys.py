@@ -25,6 +25,7 @@ CONFIRM_ASSIGNMENT = "confirm_assignment"
 RECONCILE_SESSIONS = "reconcile_sessions"
 DISPATCH_FROM_LINE = "dispatch_from_line"
 MOVE_LINE = "move_line"
+AGENT_EXITED = "agent_exited"
 
 PREFIX = "lkd:"
 RESULTS_STREAM = PREFIX + "results"
@@ -74,6 +75,12 @@ def line_dispatch_job_id(session_id: str, admission: int) -> str:
     """The dispatch of a session let out of its waiting line, for its `admission`-th time
     (a session LiveKit dropped goes back to the line, and out again)."""
     return f"{LINE_DISPATCH_JOB_PREFIX}{session_id}:{admission}"
+
+
+def agent_exited_job_id(session_id: str, job_id: str) -> str:
+    """An agent worker's note that the job process of a session exited without its report:
+    one per LiveKit job."""
+    return f"agent_exited:{session_id}:{job_id}"
 
 
 def move_line_job_id(nonce: str) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from tasks.keys import (
+    AGENT_EXITED,
     CONFIRM_ASSIGNMENT,
     DISPATCH_AGENT,
     DISPATCH_FROM_LINE,
@@ -79,6 +80,7 @@ FUNCTIONS = {
     RECONCILE_SESSIONS: Arguments((), 0),
     DISPATCH_FROM_LINE: Arguments(("session_id",), 1),
     MOVE_LINE: Arguments(("agent_name",), 1),
+    AGENT_EXITED: Arguments(("session_id", "job_id"), 2),
     REJECT_MALFORMED_JOB: Arguments((), 0, frozenset({"reason", "raw", "raw_bytes"})),
 }
 """Every job function a worker runs, with its arguments."""

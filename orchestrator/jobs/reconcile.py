@@ -191,7 +191,7 @@ async def _reconcile_one(
         silent_ms = silent_for(last_beat)
         if silent_ms <= grace_ms:
             return None
-        return await _lost(
+        return await lost(
             c,
             session,
             f"agent stopped sending heartbeats {round(silent_ms / 1000)} s ago, sent no report, "
@@ -201,7 +201,7 @@ async def _reconcile_one(
 
     gone_since = session.gone_since
     if took and gone_since and silent_for(gone_since) > grace_ms:
-        return await _lost(
+        return await lost(
             c,
             session,
             f"LiveKit saw the agent go (room closed, dispatch deleted or agent left) "
@@ -211,7 +211,7 @@ async def _reconcile_one(
 
     assigned_at = session.assigned_at
     if c.settings.agent_heartbeats and assigned_at and silent_for(assigned_at) > grace_ms:
-        return await _lost(
+        return await lost(
             c,
             session,
             f"the agent took the job {round((now - assigned_at) / 1000)} s ago but never "
@@ -310,7 +310,7 @@ async def _ensure_confirmation(c: Context, session: Session, now: int) -> None:
         log.warning("assignment check overdue: queued it again", session_id=session_id)
 
 
-async def _lost(c: Context, session: Session, reason: str) -> str | None:
+async def lost(c: Context, session: Session, reason: str) -> str | None:
     """File the session's `lost` report, unless its agent's own report is already queued: a
     session that ended stops its heartbeat, and its report may wait in the queue for longer
     than the grace (the worker that took it was killed: arq runs it again later)."""

@@ -1,0 +1,40 @@
+"""`agent_exited`: an agent worker saw the job process of one of our sessions exit without its
+report (killed, out of memory, crashed). Its main process lives on and says so at once
+(`tasks.heartbeat.note_exit`), so the session ends `lost` now rather than when its heartbeat's
+silence passes LKD_REPORT_GRACE_S: reconciliation stays the backstop for a whole worker gone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from orchestrator.jobs.context import of
+from orchestrator.jobs.reconcile import lost
+from orchestrator.jobs.rejections import reject
+from tasks import heartbeat
+
+log = structlog.get_logger("orchestrator.jobs.exits")
+
+
+async def agent_exited(ctx: dict[str, Any], session_id: Any, job_id: Any) -> dict[str, Any]:
+    c = of(ctx)
+    if not (isinstance(session_id, str) and isinstance(job_id, str)):
+        reason = "invalid agent_exited job: its arguments must be a session id and a job id"
+        return await reject(ctx, kind="invalid_job", reason=reason, payload=[session_id, job_id])
+    session = await c.store.get(session_id)
+    if session is None or not session.live:
+        return {"outcome": "moot"}
+    taken = await heartbeat.agent_job(c.redis, session_id)
+    if job_id not in (session.job_id, taken.job_id if taken else None):
+        # Not known to have run the session (a job that died before its first heartbeat, or
+        # one of an earlier dispatch): the assignment check and reconciliation look after it.
+        return {"outcome": "moot"}
+    outcome = await lost(
+        c,
+        session,
+        "its job process exited without a report (killed, out of memory, or crashed); "
+        "its agent worker said so at once",
+    )
+    return {"outcome": outcome or "reported"}
