@@ -45,6 +45,7 @@ AGENT_NAME_SCHEMA: dict[str, Any] = {
 }
 
 ReportStatus = Literal["completed", "failed", "lost"]
+RestartPolicy = Literal["on_failure", "never"]
 DispatchOutcome = Literal[
     "dispatched",
     "waiting",
@@ -111,6 +112,10 @@ class DispatchRequest(_Model):
     """An event still waiting at this time is dropped with outcome `expired`."""
     not_before: datetime | None = None
     """Deferred dispatch: not before this time."""
+    restart_policy: RestartPolicy = "on_failure"
+    """Whether a session whose agent died may get a new agent: "on_failure" (LiveKit's
+    default) or "never". Passed on in CreateDispatch: LiveKit Cloud restarts a failed job by
+    itself; a self-hosted server stores and echoes it and never restarts."""
     priority: int = Field(0, ge=PRIORITY_MIN, le=PRIORITY_MAX)
     """Its place in the agent name's waiting line when the agents are full: higher first,
     first come first served within a priority."""

@@ -73,15 +73,24 @@ async def enqueue_job(
     return Job(job_id, redis, _queue_name=QUEUE_NAME, _deserializer=deserialize)
 
 
+def _defaults_left_out(request: DispatchRequest) -> set[str]:
+    """Fields newer than the job format's first version, left out at their default so that a
+    job reads as it always did."""
+    left_out = set()
+    if request.priority == 0:
+        left_out.add("priority")
+    if request.restart_policy == "on_failure":
+        left_out.add("restart_policy")
+    return left_out
+
+
 async def enqueue_dispatch(redis: Redis, request: DispatchRequest) -> Job:
     """Enqueue an event's dispatch. Idempotent on `event_id`: enqueuing the same event again
     returns the same job and queues nothing more. A `not_before` in the past means now."""
     return await enqueue_job(
         redis,
         DISPATCH_AGENT,
-        request.model_dump(
-            mode="json", exclude_none=True, exclude={"priority"} if not request.priority else None
-        ),
+        request.model_dump(mode="json", exclude_none=True, exclude=_defaults_left_out(request)),
         job_id=dispatch_job_id(request.event_id),
         due=request.not_before,
     )

@@ -136,7 +136,7 @@ def _job(**fields: object) -> bytes:
         (_job(t=1000), "'t' must be null or an integer from 0 to 1"),
         (_job(et=10**20), "'et' must be the enqueue time in unix milliseconds"),
         (_job(et=True), "'et' must be an integer, got a boolean"),
-        (_job(f="os.system"), "'f' names no job function (known: agent_exited, confirm_assignment, "),
+        (_job(f="os.system"), "'f' names no job function (known: agent_exited, "),
         (_job(a=[]), "dispatch_agent takes 1 to 2 arguments (event, generation), got 0"),
         (_job(a=[{}, 0, 1, 2]), "dispatch_agent takes 1 to 2 arguments (event, generation), got 4"),
         (_job(k={"priority": 1}), "dispatch_agent takes no keyword argument 'priority'"),

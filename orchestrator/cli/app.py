@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--priority", type=int, help="place in line when the agents are full: higher first"
     )
+    p.add_argument(
+        "--restart-policy",
+        choices=["on_failure", "never"],
+        help="whether a dead agent may be replaced (default on_failure, as LiveKit's)",
+    )
     p.add_argument("--wait-s", type=float, default=0, help="wait this long for the outcome")
     _json_flag(p)
 

@@ -116,6 +116,7 @@ def build_dispatch_request(args: argparse.Namespace) -> DispatchRequest:
         ("room", args.room),
         ("agent_name", args.agent_name),
         ("priority", args.priority),
+        ("restart_policy", args.restart_policy),
     ):
         if value is not None:
             data[name] = value

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 from livekit import api
+from livekit.protocol.agent_dispatch import JRP_NEVER, JRP_ON_FAILURE
 
 from orchestrator import metrics
 from orchestrator.errors import LiveKitError
@@ -66,9 +67,16 @@ class LiveKitGateway:
         """Raise LiveKitError unless the server answers and accepts our key (ListRooms)."""
         await self.list_rooms(["-"])
 
-    async def create_dispatch(self, agent_name: str, room: str, metadata: str) -> api.AgentDispatch:
+    async def create_dispatch(
+        self, agent_name: str, room: str, metadata: str, restart_policy: str | None = None
+    ) -> api.AgentDispatch:
+        """`restart_policy`: "never" asks LiveKit not to restart the job (LiveKit Cloud
+        honours it); anything else leaves LiveKit's default, JRP_ON_FAILURE."""
         request = api.CreateAgentDispatchRequest(
-            agent_name=agent_name, room=room, metadata=metadata
+            agent_name=agent_name,
+            room=room,
+            metadata=metadata,
+            restart_policy=JRP_NEVER if restart_policy == "never" else JRP_ON_FAILURE,
         )
         return await self._call(
             DISPATCH, "CreateDispatch", request, api.AgentDispatch, roomAdmin=True, room=room

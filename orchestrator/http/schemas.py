@@ -113,6 +113,8 @@ class SessionView(_Answer):
     job_id: str | None = None
     """The LiveKit job an agent runs the session in."""
     worker_id: str | None = None
+    restart_policy: str | None = None
+    """"never" when the event asked that its agent not be replaced; absent: on_failure."""
     priority: int | None = None
     """Its place among those waiting for the agent name's slots: higher first."""
     line_score: int | None = None

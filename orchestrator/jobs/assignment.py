@@ -120,7 +120,9 @@ async def _with_lease(
         if attempt >= c.settings.assignment_attempts:
             return await _fail(ctx, c, session, _nobody_took_it(session, attempt))
         metadata = await _job_metadata(c, session)
-        dispatch = await c.livekit.create_dispatch(session.agent_name, room, metadata)
+        dispatch = await c.livekit.create_dispatch(
+            session.agent_name, room, metadata, session.restart_policy
+        )
     except LiveKitError as exc:
         reason = retry_or_reason(ctx, exc)  # raises Retry while trying again may help
         return await _fail(ctx, c, session, reason)

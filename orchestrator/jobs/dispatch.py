@@ -103,6 +103,7 @@ async def _dispatch(
             lease=lease,
             job_metadata=metadata,
             priority=request.priority,
+            restart_policy=request.restart_policy,
             expires_ms=_ms(request.expires_at),
             linger_s=c.settings.backlog_linger_ms / 1000 if behind else 0.0,
         )
@@ -131,6 +132,7 @@ async def _dispatch(
         generation=generation,
         metadata=metadata,
         event=request.model_dump(mode="json", exclude_none=True),
+        restart_policy=request.restart_policy,
     )
     async with c.store.holding(session_id, lease):
         return await dispatch_claimed(
@@ -154,6 +156,7 @@ class Target:
     metadata: str
     """The job metadata (JSON) its agent gets."""
     event: dict[str, Any]
+    restart_policy: str | None = None
 
 
 async def dispatch_claimed(
@@ -181,7 +184,9 @@ async def dispatch_claimed(
             if dispatch is not None:
                 log.info("adopted existing dispatch", dispatch_id=dispatch.id)
         if dispatch is None:
-            dispatch = await c.livekit.create_dispatch(target.agent_name, room, target.metadata)
+            dispatch = await c.livekit.create_dispatch(
+                target.agent_name, room, target.metadata, target.restart_policy
+            )
             if queued_at is not None:
                 metrics.TIME_TO_DISPATCH.observe(max(0.0, time.time() - queued_at.timestamp()))
     except LiveKitError as exc:

@@ -96,6 +96,8 @@ async def _target(c: Context, session: Session) -> Target:
         "metadata": JobMetadata.model_validate_json(metadata).metadata,
         "priority": session.priority,
     }
+    if session.restart_policy:
+        event["restart_policy"] = session.restart_policy
     return Target(
         session_id=session.session_id,
         event_id=session.event_id,
@@ -104,6 +106,7 @@ async def _target(c: Context, session: Session) -> Target:
         generation=session.generation,
         metadata=metadata,
         event=event,
+        restart_policy=session.restart_policy,
     )
 
 

@@ -100,7 +100,8 @@ end
 # ARGV: session_id, generation, now_ms, event_ttl_s, retention_s, event_id, room, agent_name,
 #       enqueued_ms, session key prefix, first reconciliation at (unix ms), dispatch job id,
 #       lease token, lease ttl (ms), priority, expires_at (unix ms, '' for none), job
-#       metadata, then the line configuration (at 18).
+#       metadata, restart policy ('' for LiveKit's default), then the line configuration
+#       (at 19).
 # A claim (or the resumption of one by a later try) takes the session's lease: 'busy' when
 # another run of the dispatch job holds it. Where the agent name's capacity is known, the
 # claim also takes a slot; with none free (or others waiting already), the session waits in
@@ -140,12 +141,13 @@ redis.call('HSET', KEYS[3], 'session_id', sid, 'event_id', ARGV[6], 'room', ARGV
            'agent_name', ARGV[8], 'generation', gen, 'status', 'claimed',
            'enqueued_at', ARGV[9], 'claimed_at', now, 'attempts', 0, 'dispatch_job', ARGV[12])
 redis.call('PERSIST', KEYS[3])
+if ARGV[18] ~= '' then redis.call('HSET', KEYS[3], 'restart_policy', ARGV[18]) end
 redis.call('ZADD', KEYS[4], now, sid)
 redis.call('ZADD', KEYS[5], now, sid)
 redis.call('ZADD', KEYS[6], now, sid)
 redis.call('EXPIRE', KEYS[6], ARGV[5])
 local agent, check = ARGV[8], ARGV[11]
-local cfg = line_config(18)
+local cfg = line_config(19)
 local cap = capacity(agent, cfg)
 if cap then
   redis.call('SADD', LINE_NAMES, agent)

@@ -57,6 +57,8 @@ class Session:
     job_id: str | None = None
     """The LiveKit job an agent runs the session in."""
     worker_id: str | None = None
+    restart_policy: str | None = None
+    """The event's restart policy when not LiveKit's default ("never")."""
     priority: int = 0
     line_score: int | None = None
     """Its place in its agent name's waiting line (lower first); set when the agent name's

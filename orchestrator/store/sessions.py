@@ -112,6 +112,7 @@ class SessionStore:
         job_metadata: str = "",
         priority: int = 0,
         expires_ms: int | None = None,
+        restart_policy: str = "on_failure",
         linger_s: float = 0.0,
     ) -> Claim:
         """Claim `room` for the session, atomically with the event's idempotency record, and
@@ -151,6 +152,7 @@ class SessionStore:
                 priority,
                 expires_ms if expires_ms is not None else "",
                 job_metadata,
+                "" if restart_policy == "on_failure" else restart_policy,
                 *self.line.args(now),
             ],
             linger_s=linger_s,

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from arq import ArqRedis
 from arq.worker import Worker
+from livekit.protocol.agent_dispatch import JRP_NEVER, JRP_ON_FAILURE
 from redis.asyncio import Redis
 
 from livekit_sim import LiveKitSim
@@ -358,3 +359,22 @@ async def test_dead_letter_replay_dispatches_again(
     assert again is not None
     assert again.replayed_as == replay_job
     assert dispatch_job_id("e-dl") in replay_job
+
+
+async def test_the_restart_policy_reaches_livekit_and_stays_with_the_session(
+    sim: LiveKitSim, arq_redis: ArqRedis, orchestrator: Worker
+) -> None:
+    never = DispatchRequest(event_id="e-never", room="r-never", restart_policy="never")
+    usual = DispatchRequest(event_id="e-usual", room="r-usual")
+    for request in (never, usual):
+        await enqueue_dispatch(arq_redis, request)
+        assert (await job_result(arq_redis, dispatch_job_id(request.event_id)))["outcome"] == (
+            "dispatched"
+        )
+    [sent_never] = [d for d in sim.dispatches("r-never") if d.agent_name]
+    [sent_usual] = [d for d in sim.dispatches("r-usual") if d.agent_name]
+    assert sent_never.restart_policy == JRP_NEVER
+    assert sent_usual.restart_policy == JRP_ON_FAILURE
+    session = await store(arq_redis).get(session_id_for("e-never"))
+    assert session is not None
+    assert session.restart_policy == "never"

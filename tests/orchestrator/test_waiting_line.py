@@ -8,11 +8,12 @@ import asyncio
 import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from arq import ArqRedis
 from livekit import api
+from livekit.protocol.agent_dispatch import JRP_NEVER
 
 from livekit_sim import LiveKitSim
 from orchestrator.demo.local_redis import LocalRedis
@@ -67,13 +68,21 @@ def jobs_of(sim: LiveKitSim, session_id: str) -> list[Any]:
 
 
 async def send(
-    redis: ArqRedis, *, priority: int = 0, expires_in_s: float | None = None
+    redis: ArqRedis,
+    *,
+    priority: int = 0,
+    expires_in_s: float | None = None,
+    restart_policy: Literal["on_failure", "never"] = "on_failure",
 ) -> tuple[str, dict[str, Any]]:
     """One event for a room of its own, handled: its session id and its job's result."""
     event_id = new_event_id()
     expires = datetime.now(UTC) + timedelta(seconds=expires_in_s) if expires_in_s else None
     request = DispatchRequest(
-        event_id=event_id, room=f"room-{event_id}", priority=priority, expires_at=expires
+        event_id=event_id,
+        room=f"room-{event_id}",
+        priority=priority,
+        expires_at=expires,
+        restart_policy=restart_policy,
     )
     await enqueue_dispatch(redis, request)
     return session_id_for(event_id), await job_result(redis, dispatch_job_id(event_id))
@@ -247,6 +256,7 @@ async def test_ending_a_waiting_session_takes_it_out_of_the_line(
     staying, _ = await send(arq_redis)
 
     await enqueue_end_session(arq_redis, EndSessionRequest(session_id=leaving, reason="hung up"))
+    never, _ = await send(arq_redis, restart_policy="never")
     await eventually(lambda: _is(arq_redis, leaving, SessionStatus.COMPLETED), what="ended")
     (report,) = (await reports(arq_redis))[leaving]
     assert "hung up" in report.end_reason
@@ -255,6 +265,13 @@ async def test_ending_a_waiting_session_takes_it_out_of_the_line(
     await finish(arq_redis, lkapi, busy)
     await eventually(lambda: dispatched(arq_redis, staying), what="the next one let out")
     assert jobs_of(sim, leaving) == []
+    # What the event asked goes with it out of the line: its restart policy, here.
+    await finish(arq_redis, lkapi, staying)
+    await eventually(lambda: dispatched(arq_redis, never), what="the last one let out")
+    session = await store(arq_redis).get(never)
+    assert session is not None
+    [dispatch] = [d for d in sim.dispatches(session.room) if d.agent_name]
+    assert dispatch.restart_policy == JRP_NEVER
 
 
 def worker_record(instance: str, max_sessions: int, sessions: int = 0) -> WorkerRecord:
