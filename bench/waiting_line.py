@@ -53,20 +53,6 @@ ROOT = Path(__file__).resolve().parent.parent
 ASSIGNMENT_CHECK_DELAY_S, ASSIGNMENT_ATTEMPTS = 1.0, 3
 
 
-def most_at_once(sim: LiveKitSim, since_ns: int) -> int:
-    changes = []
-    for job in sim.job_log:
-        if job.assigned_at_ns >= since_ns:
-            changes.append((job.assigned_at_ns, 1))
-            if job.ended_at_ns is not None:
-                changes.append((job.ended_at_ns, -1))
-    running = peak = 0
-    for _, change in sorted(changes):
-        running += change
-        peak = max(peak, running)
-    return peak
-
-
 @dataclass
 class Burst:
     statuses: collections.Counter[str]
@@ -110,7 +96,7 @@ async def burst(sim: LiveKitSim, queue: ArqRedis, size: int, hold_s: float) -> B
     creates: dict[str, list[int]] = collections.defaultdict(list)
     for call in sim.calls_to(CREATE):
         creates[call.room].append(call.at_ns)
-    found = Burst(statuses, most_at_once(sim, started_ns))
+    found = Burst(statuses, sim.most_jobs_at_once(since_ns=started_ns))
     for event_id in events:
         session = await get_session(queue, session_id_for(event_id))
         if session is None or not session.admitted_at:
@@ -129,7 +115,7 @@ async def burst(sim: LiveKitSim, queue: ArqRedis, size: int, hold_s: float) -> B
 
 
 async def run(hold_s: float, burst_x: int, log_dir: Path) -> None:
-    logging.getLogger("livekit_sim").setLevel(logging.WARNING)  # a line per job otherwise
+    logging.getLogger("livekit_sim").setLevel(logging.ERROR)  # a line per offer otherwise
     procs = Procs(log_dir)
     with LocalRedis() as redis_server:
         async with LiveKitSim(api_key=API_KEY, api_secret=API_SECRET) as sim:

@@ -142,6 +142,23 @@ class LiveKitSim:
         ended (None while running) or its worker disconnected."""
         return self.workers.job_log.records
 
+    def most_jobs_at_once(self, *, since_ns: int = 0, agent_name: str | None = None) -> int:
+        """The most jobs (of `agent_name`, when given) that ran at the same time, among those
+        assigned at or after `since_ns` (unix ns), by the job log; a job whose worker
+        disconnected counts as running for ever, as the real server forgets it."""
+        changes: list[tuple[int, int]] = []
+        for job in self.workers.job_log.records:
+            if job.assigned_at_ns < since_ns or agent_name not in (None, job.agent_name):
+                continue
+            changes.append((job.assigned_at_ns, 1))
+            if job.ended_at_ns is not None:
+                changes.append((job.ended_at_ns, -1))
+        running = peak = 0
+        for _, change in sorted(changes):  # at a tie, an end before a start
+            running += change
+            peak = max(peak, running)
+        return peak
+
     def jobs_in(self, room: str) -> list[JobRecord]:
         """The job log's records of one room name, oldest first."""
         return [j for j in self.workers.job_log.records if j.room == room]

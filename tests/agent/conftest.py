@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from arq import ArqRedis
 from livekit import api
 from redis.asyncio import Redis
 
 from livekit_sim import LiveKitSim
 from orchestrator.demo.local_redis import LocalRedis
+from tasks import create_redis
 from tasks.models import JobMetadata, session_id_for
 from tests.agent.worker_process import AgentWorker
 from tests.support.events import new_event_id
@@ -50,6 +52,14 @@ async def agent_redis(agent_redis_server: LocalRedis) -> AsyncIterator[Redis]:
     client: Redis = Redis.from_url(agent_redis_server.url)
     yield client
     await client.aclose()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def queue(agent_redis_server: LocalRedis) -> AsyncIterator[ArqRedis]:
+    """An arq pool on the module's Redis, as producers and the orchestrator use."""
+    pool = await create_redis(agent_redis_server.url)
+    yield pool
+    await pool.aclose()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

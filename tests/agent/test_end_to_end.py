@@ -25,7 +25,6 @@ from orchestrator.demo.local_redis import LocalRedis
 from tasks import (
     EndSessionRequest,
     SessionReport,
-    create_redis,
     enqueue_end_session,
     recent_results,
 )
@@ -47,13 +46,6 @@ ROOM_GONE = {
     "the room is no longer running (closed or deleted)",
     "the room was closed",
 }
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def queue(agent_redis_server: LocalRedis) -> AsyncIterator[ArqRedis]:
-    pool = await create_redis(agent_redis_server.url)
-    yield pool
-    await pool.aclose()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

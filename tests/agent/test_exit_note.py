@@ -16,7 +16,7 @@ from arq.worker import Worker
 
 from livekit_sim import LiveKitSim
 from orchestrator.demo.local_redis import LocalRedis
-from tasks import SessionReport, create_redis, recent_results
+from tasks import SessionReport, recent_results
 from tasks.keys import ARQ_JOB_PREFIX, ARQ_RESULT_PREFIX, agent_exited_job_id
 from tests.agent.conftest import new_room
 from tests.agent.worker_process import AgentWorker
@@ -27,13 +27,6 @@ from tests.support.waiting import eventually
 pytestmark = [pytest.mark.system, pytest.mark.asyncio(loop_scope="module")]
 
 TOLD = "job process exited without its report: told the orchestrator"
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def queue(agent_redis_server: LocalRedis) -> AsyncIterator[ArqRedis]:
-    pool = await create_redis(agent_redis_server.url)
-    yield pool
-    await pool.aclose()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -8,17 +8,15 @@ from __future__ import annotations
 import collections
 import os
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 from arq import ArqRedis
 
 from livekit_sim import LiveKitSim
 from orchestrator.demo.local_redis import LocalRedis
 from orchestrator.store.sessions import SessionStore
-from tasks import create_redis, recent_results
+from tasks import recent_results
 from tests.agent.conftest import MAX_SESSIONS, new_room, worker_env
 from tests.agent.worker_process import AgentWorker
 from tests.support.events import send_event
@@ -28,31 +26,10 @@ from tests.support.waiting import eventually
 pytestmark = [pytest.mark.system, pytest.mark.asyncio(loop_scope="module")]
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def queue(agent_redis_server: LocalRedis) -> AsyncIterator[ArqRedis]:
-    pool = await create_redis(agent_redis_server.url)
-    yield pool
-    await pool.aclose()
-
-
 async def statuses(queue: ArqRedis, session_ids: list[str]) -> collections.Counter[str]:
     store = SessionStore(queue, retention_s=60, event_retention_s=60)
     found = [await store.get(sid) for sid in session_ids]
     return collections.Counter(str(s.status) if s else "gone" for s in found)
-
-
-def most_at_once(sim: LiveKitSim, agent_name: str) -> int:
-    changes = []
-    for job in sim.job_log:
-        if job.agent_name == agent_name:
-            changes.append((job.assigned_at_ns, 1))
-            if job.ended_at_ns is not None:
-                changes.append((job.ended_at_ns, -1))
-    running = peak = 0
-    for _, change in sorted(changes):
-        running += change
-        peak = max(peak, running)
-    return peak
 
 
 async def test_a_new_worker_lets_the_line_out_and_a_killed_one_takes_its_slots_away(
@@ -116,7 +93,7 @@ async def test_a_new_worker_lets_the_line_out_and_a_killed_one_takes_its_slots_a
     reports = [e.report for e in await recent_results(queue, 1000)]
     mine = collections.Counter(r.session_id for r in reports if r.session_id in sessions)
     assert sorted(mine.values()) == [1] * 6
-    assert most_at_once(sim, agent_name) <= 2 * MAX_SESSIONS
+    assert sim.most_jobs_at_once(agent_name=agent_name) <= 2 * MAX_SESSIONS
 
 
 async def _are(queue: ArqRedis, session_ids: list[str], **wanted: int) -> bool:

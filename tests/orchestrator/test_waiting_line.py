@@ -49,20 +49,6 @@ async def lkapi(sim: LiveKitSim) -> AsyncIterator[api.LiveKitAPI]:
     await client.aclose()
 
 
-def most_at_once(sim: LiveKitSim) -> int:
-    """The most jobs the sim's workers ran at the same time."""
-    changes: list[tuple[int, int]] = []
-    for job in sim.job_log:
-        changes.append((job.assigned_at_ns, 1))
-        if job.ended_at_ns is not None:
-            changes.append((job.ended_at_ns, -1))
-    running = peak = 0
-    for _, change in sorted(changes, key=lambda c: (c[0], c[1])):
-        running += change
-        peak = max(peak, running)
-    return peak
-
-
 def jobs_of(sim: LiveKitSim, session_id: str) -> list[Any]:
     return [j for j in sim.job_log if f'"session_id":"{session_id}"' in j.metadata]
 
@@ -178,7 +164,7 @@ async def test_a_burst_over_capacity_waits_in_line_and_goes_in_order(
     assert {r.status for rs in filed.values() for r in rs} == {"completed"}
     assert all(len(rs) == 1 for rs in filed.values())
     assert all(len(jobs_of(sim, sid)) == 1 for sid, _ in sent)
-    assert most_at_once(sim) == 5
+    assert sim.most_jobs_at_once() == 5
 
 
 async def test_a_higher_priority_goes_first_and_equal_ones_keep_their_order(
@@ -393,7 +379,7 @@ async def test_three_workers_moving_one_line_skip_none_and_dispatch_none_twice(
     assert sorted(filed) == sorted(sessions)
     assert all(len(rs) == 1 and rs[0].status == "completed" for rs in filed.values())
     assert all(len(jobs_of(sim, sid)) == 1 for sid in sessions)
-    assert most_at_once(sim) <= 3
+    assert sim.most_jobs_at_once() <= 3
 
 
 async def test_with_the_line_turned_off_every_event_is_dispatched_at_once(
