@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Awaitable, Callable
 
 from livekit.agents import AgentServer, JobRequest
 from livekit.agents.utils.hw import get_cpu_monitor
 
 from agent.log import get_logger
 from agent.metadata import salvage_ids
+from agent.redis_link import REDIS_ERRORS
 from agent.settings import AgentSettings
 
 SESSION_ID_ATTRIBUTE = "lkd.session_id"
@@ -27,9 +29,13 @@ MAX_IDENTITY_CHARS = 256
 
 
 class SessionLoad:
-    """The worker's load: the larger of its CPU use and its share of `max_sessions`, scaled
-    so that either reaching its limit makes the load reach `load_threshold`. livekit-agents
-    reports the worker full at the threshold (and LiveKit stops sending it jobs)."""
+    """The worker's load: the larger of its CPU use and its share of `max_sessions`. CPU at
+    its limit makes the load reach `load_threshold`: livekit-agents then reports the worker
+    full, and LiveKit stops sending it jobs. Sessions alone never do (at `max_sessions` the
+    load is just under the threshold): LiveKit learns of a worker's load only every 2.5 s,
+    so a worker it took for full would miss the jobs dispatched the moment a session ends.
+    The session limit holds at the request handler instead, which also lets a session that
+    is winding down finish first (RequestHandler)."""
 
     def __init__(self, settings: AgentSettings) -> None:
         self._max_sessions = settings.max_sessions
@@ -39,6 +45,7 @@ class SessionLoad:
         self._sampler: threading.Thread | None = None
         self.last = 0.0
         """The load last reported to LiveKit."""
+        self._at_limit = False
 
     def __call__(self, server: AgentServer) -> float:
         if self._count_cpu and self._sampler is None:
@@ -46,13 +53,16 @@ class SessionLoad:
                 target=self._sample_cpu, name="lkd_cpu_load", daemon=True
             )
             self._sampler.start()
-        sessions = self._threshold * len(server.active_jobs) / self._max_sessions
+        running = len(server.active_jobs)
+        self._at_limit = running >= self._max_sessions
+        sessions = self._threshold * running / (self._max_sessions + 1)
         self.last = max(sessions, self._cpu if self._count_cpu else 0.0)
         return self.last
 
     def full(self) -> bool:
-        """Whether the worker reports itself full (LiveKit sends it no job then)."""
-        return self.last >= self._threshold
+        """Whether the worker takes no more sessions now: at its session limit, or reported
+        full to LiveKit for its CPU."""
+        return self._at_limit or self.last >= self._threshold
 
     def _sample_cpu(self) -> None:
         monitor = get_cpu_monitor()
@@ -62,8 +72,10 @@ class SessionLoad:
 
 class RequestHandler:
     """Answers every job request: accepts with the session's identity; declines one beyond
-    `max_sessions`; or rejects a job for a room where this worker already runs a session
-    (after a moment's wait, when that is another session, for it to end).
+    `max_sessions` (after a moment's wait when a session it holds has filed its report and
+    is winding down: the orchestrator passes that slot on at once); or rejects a job for a
+    room where this worker already runs a session (after a moment's wait, when that is
+    another session, for it to end).
 
     A decline uses terminate=False: LiveKit offers the job to another worker (with none, it
     drops it, and the orchestrator's assignment check dispatches again). The limit must
@@ -75,8 +87,17 @@ class RequestHandler:
     orchestrator's per-room claim should have prevented the dispatch; this is the second
     line of defence, and it must not hand the duplicate on)."""
 
-    def __init__(self, server: AgentServer, agent_name: str, max_sessions: int) -> None:
+    def __init__(
+        self,
+        server: AgentServer,
+        agent_name: str,
+        max_sessions: int,
+        reported: Callable[[list[str]], Awaitable[bool]] | None = None,
+    ) -> None:
+        """`reported(session_ids)`: whether any of these sessions has its report filed (its
+        job process is winding down)."""
         self._server = server
+        self._reported = reported
         self._agent_name = agent_name
         self._max_sessions = max_sessions
         self._starting: dict[str, tuple[str, str | None]] = {}
@@ -125,6 +146,31 @@ class RequestHandler:
             await asyncio.sleep(WIND_DOWN_POLL_S)
         return []
 
+    def _held_sessions(self) -> list[str]:
+        running = [salvage_ids(info.job.metadata).session_id for info in self._server.active_jobs]
+        return [sid for sid in running if sid] + self.starting_sessions()
+
+    async def _winding_down(self) -> bool:
+        """Whether a session this worker holds has already filed its report: its slot is
+        free for the orchestrator (which may have dispatched this very job into it), and
+        its job process is about to exit."""
+        if self._reported is None:
+            return False
+        try:
+            return await asyncio.wait_for(self._reported(self._held_sessions()), WIND_DOWN_WAIT_S)
+        except (TimeoutError, *REDIS_ERRORS):
+            return False
+
+    async def _slot_freed(self) -> None:
+        """Wait up to WIND_DOWN_WAIT_S for a session to leave, for the job asking for its
+        slot."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WIND_DOWN_WAIT_S
+        while self.held() >= self._max_sessions:
+            if loop.time() >= deadline:
+                return
+            await asyncio.sleep(WIND_DOWN_POLL_S)
+
     async def __call__(self, request: JobRequest) -> None:
         room = request.room.name
         session_id = salvage_ids(request.job.metadata).session_id
@@ -136,6 +182,8 @@ class RequestHandler:
             )
             await request.reject(terminate=True)
             return
+        if self.held() >= self._max_sessions and await self._winding_down():
+            await self._slot_freed()
         if (held := self.held()) >= self._max_sessions:
             log.info(
                 "declining the job: this worker is full, LiveKit offers it to another",

@@ -21,6 +21,7 @@ from agent.redis_link import RedisLink
 from agent.session import entrypoint, on_session_end, setup_process
 from agent.settings import AgentSettings, load_settings
 from agent.worker_beat import WorkerBeat
+from tasks.heartbeat import any_report_filed
 
 
 def build_server(settings: AgentSettings) -> AgentServer:
@@ -54,7 +55,12 @@ def build_server(settings: AgentSettings) -> AgentServer:
         **options,
     )
     agent_name = settings.effective_agent_name
-    requests = RequestHandler(server, agent_name, settings.max_sessions)
+    reports = RedisLink(settings.redis_url)
+
+    async def reported(session_ids: list[str]) -> bool:
+        return await any_report_filed(await reports.get(), session_ids)
+
+    requests = RequestHandler(server, agent_name, settings.max_sessions, reported)
     server.rtc_session(
         entrypoint, agent_name=agent_name, on_request=requests, on_session_end=on_session_end
     )

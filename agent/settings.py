@@ -47,11 +47,11 @@ class AgentSettings(BaseSettings):
     """livekit-agents' own override of the agent name (set by LiveKit tooling); wins."""
 
     max_sessions: int = Field(10, ge=1)
-    """Sessions one worker runs at once; at this many it reports itself full."""
+    """Sessions one worker runs at once; its request handler declines the rest."""
     load_threshold: float = Field(0.7, gt=0.0, le=1.0)
-    """Load (0-1) at which the worker reports itself full: CPU use, or `max_sessions`
-    running. Keep it at or under the server's `agents.target_load` (0.7 by default), above
-    which LiveKit sends the worker no jobs anyway."""
+    """CPU load (0-1) at which the worker reports itself full (its sessions keep the load
+    just under it). Keep it at or under the server's `agents.target_load` (0.7 by default),
+    above which LiveKit sends the worker no jobs anyway."""
     count_cpu_load: bool = True
     """Whether CPU use counts towards the load (AGENT_COUNT_CPU_LOAD=false: sessions only)."""
     num_idle_processes: int | None = Field(None, ge=0)

@@ -207,6 +207,13 @@ async def worker_records(redis: Redis, since_ms: int) -> list[WorkerRecord]:
     return [r for r in records if r is not None and r.at_ms >= since_ms]
 
 
+async def any_report_filed(redis: Redis, session_ids: list[str]) -> bool:
+    """Whether any of these sessions has its report on the results stream."""
+    if not session_ids:
+        return False
+    return bool(await redis.exists(*map(report_filed_key, session_ids)))
+
+
 async def note_exit(redis: Redis, session_id: str, job_id: str) -> bool:
     """The job process that ran `session_id` in LiveKit job `job_id` has exited: unless its
     report is queued or filed (our agent writes it before its process exits), tell the

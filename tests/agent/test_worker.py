@@ -293,11 +293,13 @@ async def test_a_full_worker_takes_no_more_jobs(
     def reported(status: str) -> bool:
         return worker_state(sim, agent_name)["status"] == status
 
-    await eventually(lambda: reported("WS_FULL"), timeout_s=10, what="the worker to be full")
+    # Sessions alone do not make it report itself full to LiveKit (SessionLoad): it declines
+    # the job itself, and LiveKit, with no other worker, drops it.
     extra_id, _, extra = new_job({"mode": "finish"})
     room = new_room()
     refused = await create_dispatch(lkapi, agent_name, room, extra)
     await sim.settle()
+    await worker.wait_log("declining the job: this worker is full, LiveKit offers it to another")
     assert assigned_job(sim, room, refused.id) is None  # LiveKit dropped it: no capacity
     assert await worker.active_jobs() == MAX_SESSIONS
 
