@@ -18,7 +18,7 @@ handler is cancelled: clean up in `finally`. Outputs written before that are kep
 from __future__ import annotations
 
 import importlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -29,7 +29,8 @@ from structlog.stdlib import BoundLogger
 from agent.errors import HandlerLoadError
 from agent.participants import ParticipantTracker
 from agent.settings import AgentSettings
-from tasks.models import JobMetadata
+from tasks.checkpoints import encode_checkpoint
+from tasks.models import JobMetadata, Resume
 
 
 @dataclass
@@ -47,11 +48,28 @@ class SessionContext:
     """A logger with the session's ids bound; never log the payload's values."""
     outputs: dict[str, Any] = field(default_factory=dict)
     """Copied into the report's `outputs` (JSON values, at most 256 kB)."""
+    saver: Callable[[dict[str, Any]], Awaitable[None]] | None = None
 
     @property
     def payload(self) -> dict[str, Any]:
         """The producer's `metadata` from the event."""
         return self.metadata.metadata
+
+    @property
+    def resume(self) -> Resume | None:
+        """Set when this session replaces one whose agent died: `previous_session_id`,
+        `attempt`, how it ended, and the last `checkpoint` saved before."""
+        return self.metadata.resume
+
+    async def checkpoint(self, data: dict[str, Any]) -> None:
+        """Save the session's progress (a JSON object of at most 16,000 bytes; the last one
+        counts). Should the agent die with people in the room, the session that replaces it
+        finds it in `resume.checkpoint`, to go on from there. ValueError if `data` is not
+        JSON or too big; a Redis error if it could not be saved."""
+        encode_checkpoint(data)
+        if self.saver is None:
+            raise RuntimeError("this session has no store for checkpoints")
+        await self.saver(data)
 
 
 class SessionHandler(Protocol):
@@ -85,7 +103,8 @@ async def greeter(session: SessionContext) -> str:
     """The default handler, a programmatic participant: joins the room, greets the first
     person on the greeting topic (when it may send data), and ends the session once every
     person has left. The report gives each participant's speaking time, measured from the
-    audio it published."""
+    audio it published. A session that replaces one whose agent died greets with
+    AGENT_RESUME_GREETING_TEXT instead."""
     settings = session.settings
     session.participants.measure_speaking(session.job.room)
     await session.job.connect()
@@ -93,10 +112,12 @@ async def greeter(session: SessionContext) -> str:
     if not await session.participants.wait_for_human(settings.first_participant_timeout_s):
         return f"nobody joined within {settings.first_participant_timeout_s:g} s"
     if settings.can_publish_data:
-        await session.job.room.local_participant.send_text(
-            settings.greeting_text, topic=settings.greeting_topic
-        )
+        # A replacement (its agent died mid-call) says so, so that the caller hears why.
+        greeting = settings.resume_greeting_text if session.resume else settings.greeting_text
+        await session.job.room.local_participant.send_text(greeting, topic=settings.greeting_topic)
         session.outputs["greeted_at"] = datetime.now(UTC).isoformat()
+        if session.resume:
+            session.outputs["resumed_from"] = session.resume.previous_session_id
     else:
         session.log.info("no greeting: AGENT_CAN_PUBLISH_DATA=false")
     await session.participants.wait_until_no_humans()

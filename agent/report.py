@@ -44,6 +44,7 @@ def build_report(
     ended_at: datetime,
     participants: Sequence[ParticipantRecord],
     outputs: Mapping[str, Any],
+    replaces: str | None = None,
 ) -> SessionReport:
     return SessionReport(
         session_id=session_id,
@@ -62,6 +63,7 @@ def build_report(
         participants=list(participants),
         outputs=json_outputs(outputs),
         source="agent",
+        replaces=replaces,
     )
 
 

@@ -29,6 +29,7 @@ from agent.participants import ParticipantTracker
 from agent.redis_link import Heartbeat, RedisLink
 from agent.report import ReportWriter, build_report
 from agent.settings import AgentSettings, load_settings
+from tasks.checkpoints import save_checkpoint
 from tasks.heartbeat import AgentJob
 from tasks.models import JobMetadata, SessionReport
 
@@ -146,6 +147,7 @@ class Session:
             settings=self.settings,
             log=self.log,
             outputs=self.outputs,
+            saver=self.save_checkpoint,
         )
         self.handler_task = asyncio.create_task(self._run_handler(handler, context))
         # livekit-agents waits up to 15 s for the entrypoint when the session is ended from
@@ -166,6 +168,9 @@ class Session:
             self.settle("completed", ended)
         assert self.outcome is not None
         self.ctx.shutdown(self.outcome.end_reason)
+
+    async def save_checkpoint(self, data: dict[str, Any]) -> None:
+        await save_checkpoint(await self.link.get(), self.session_id, data)
 
     def _on_room_disconnected(self, reason: rtc.DisconnectReason.ValueType) -> None:
         try:
@@ -191,6 +196,7 @@ class Session:
         if self.report is None:
             outcome = self.outcome or Outcome("completed", "session ended")
             job = self.ctx.job
+            resume = self.metadata.resume if self.metadata else None
             self.report = build_report(
                 session_id=self.session_id,
                 event_id=self.event_id,
@@ -206,6 +212,7 @@ class Session:
                 ended_at=datetime.now(UTC),
                 participants=self.participants.records(),
                 outputs=self.outputs,
+                replaces=resume.previous_session_id if resume else None,
             )
         return self.report
 

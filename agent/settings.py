@@ -90,6 +90,8 @@ class AgentSettings(BaseSettings):
 
     greeting_text: str = "Hello! You are connected to the agent."
     """What the default handler sends when the first person joins."""
+    resume_greeting_text: str = "Sorry, we were cut off. I'm back now."
+    """The default handler's greeting in a session that replaces one whose agent died."""
     greeting_topic: str = "lkd.greeting"
     """The text-stream topic of the greeting."""
     first_participant_timeout_s: float = Field(120.0, gt=0)

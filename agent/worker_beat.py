@@ -115,7 +115,11 @@ class WorkerBeat:
             try:
                 now = self.held_jobs()
                 # Jobs accepted since the last look count as seen, however short they lived.
-                seen = {**before, **self._handler.take_accepted()}
+                accepted = self._handler.take_accepted()
+                if accepted:
+                    # Beat now: should this worker die, its record names what it held.
+                    self._wake.set()
+                seen = {**before, **accepted}
                 for session_id, job_id in seen.items():
                     if now.get(session_id) != job_id:
                         await self._exited(session_id, job_id)

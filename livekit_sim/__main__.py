@@ -17,6 +17,7 @@ from livekit_sim.server import (
     DEFAULT_DEPARTURE_TIMEOUT_S,
     DEFAULT_EMPTY_TIMEOUT_S,
     DEFAULT_MISSING_ROOM_DELAY_S,
+    DEFAULT_PEER_CONNECTION_TIMEOUT_S,
     DEV_API_KEY,
     DEV_API_SECRET,
     LiveKitSim,
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--webhook-api-key", default=None, help="key that signs webhooks")
     p.add_argument("--empty-timeout-s", type=float, default=DEFAULT_EMPTY_TIMEOUT_S)
     p.add_argument("--departure-timeout-s", type=float, default=DEFAULT_DEPARTURE_TIMEOUT_S)
+    p.add_argument(
+        "--peer-connection-timeout-s", type=float, default=DEFAULT_PEER_CONNECTION_TIMEOUT_S
+    )
     p.add_argument("--missing-room-delay-s", type=float, default=DEFAULT_MISSING_ROOM_DELAY_S)
     p.add_argument("--log-level", default="INFO")
     return p
@@ -68,6 +72,7 @@ async def serve(args: argparse.Namespace) -> None:
         webhook_api_key=args.webhook_api_key,
         empty_timeout_s=args.empty_timeout_s,
         departure_timeout_s=args.departure_timeout_s,
+        peer_connection_timeout_s=args.peer_connection_timeout_s,
         missing_room_delay_s=args.missing_room_delay_s,
     )
     stop = asyncio.Event()

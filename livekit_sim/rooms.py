@@ -64,6 +64,7 @@ class RoomRegistry:
         *,
         empty_timeout_s: float,
         departure_timeout_s: float,
+        peer_connection_timeout_s: float = 0.0,
         on_event: EventSink | None = None,
         faults: Faults | None = None,
     ) -> None:
@@ -75,6 +76,7 @@ class RoomRegistry:
         self._workers = workers
         self._empty_timeout_s = empty_timeout_s
         self._departure_timeout_s = departure_timeout_s
+        self.peer_connection_timeout_s = peer_connection_timeout_s
         self._on_event = on_event
         self._faults = faults or Faults()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -311,6 +313,20 @@ class RoomRegistry:
         if sim_room is None or identity not in sim_room.participants:
             raise ParticipantNotFoundError(f"participant {identity!r} not in room {room_name!r}")
         return self._remove_participant(sim_room, identity)
+
+    def vanish(self, room_name: str, identity: str, sid: str) -> None:
+        """A participant's signalling closed without a leave after its media had connected
+        (its process was killed): as on the real server, it stays listed, a ghost, until its
+        peer connection times out, then leaves (unless it came back meanwhile)."""
+
+        async def time_out() -> None:
+            await asyncio.sleep(self.peer_connection_timeout_s)
+            sim_room = self.rooms.get(room_name)
+            current = sim_room.participants.get(identity) if sim_room else None
+            if sim_room is not None and current is not None and current.sid == sid:
+                self._remove_participant(sim_room, identity)
+
+        self._spawn(time_out())
 
     def _remove_participant(self, sim_room: SimRoom, identity: str) -> models.ParticipantInfo:
         info = sim_room.participants.pop(identity)

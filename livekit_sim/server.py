@@ -38,6 +38,10 @@ DEV_API_SECRET = "secret"
 # livekit-server config defaults: room.empty_timeout, room.departure_timeout.
 DEFAULT_EMPTY_TIMEOUT_S = 300.0
 DEFAULT_DEPARTURE_TIMEOUT_S = 20.0
+DEFAULT_PEER_CONNECTION_TIMEOUT_S = 15.0
+"""How long a participant whose signalling closed without a leave, after its media had
+connected, stays listed (its peer connection timing out). Our figure: the real server's comes
+from its ICE disconnect and failure timeouts and the client's keepalive."""
 # psrpc to a room nobody hosts: 3 attempts x 1 s before "no response from servers".
 DEFAULT_MISSING_ROOM_DELAY_S = 3.0
 ROOM_CHECK_INTERVAL_S = 1.0
@@ -53,7 +57,9 @@ class LiveKitSim:
     signed webhooks to `webhook_urls`.
     `empty_timeout_s` / `departure_timeout_s` are the defaults for rooms whose creation does
     not set them (fractions of a second allowed, for tests); `missing_room_delay_s` is how
-    long List/DeleteDispatch on a room that is not running take before `unavailable`.
+    long List/DeleteDispatch on a room that is not running take before `unavailable`;
+    `peer_connection_timeout_s` how long a participant that vanished without a leave (its
+    process killed) after its media connected stays listed, as a ghost.
     `max_call_log` and `max_job_log` bound `calls` and `job_log`; `fault_seed` seeds
     `faults.rng` (None: a random seed).
     """
@@ -70,6 +76,7 @@ class LiveKitSim:
         webhook_api_key: str | None = None,
         empty_timeout_s: float = DEFAULT_EMPTY_TIMEOUT_S,
         departure_timeout_s: float = DEFAULT_DEPARTURE_TIMEOUT_S,
+        peer_connection_timeout_s: float = DEFAULT_PEER_CONNECTION_TIMEOUT_S,
         missing_room_delay_s: float = DEFAULT_MISSING_ROOM_DELAY_S,
         room_check_interval_s: float = ROOM_CHECK_INTERVAL_S,
         max_call_log: int = 100_000,
@@ -92,6 +99,7 @@ class LiveKitSim:
             self.workers,
             empty_timeout_s=empty_timeout_s,
             departure_timeout_s=departure_timeout_s,
+            peer_connection_timeout_s=peer_connection_timeout_s,
             on_event=self.webhooks.notify,
             faults=self.faults,
         )

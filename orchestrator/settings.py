@@ -69,6 +69,15 @@ class Settings(BaseSettings):
     waiting_line: bool = True
     """Events beyond an agent name's known capacity wait in line; false: every event is
     dispatched at once, as LiveKit may then drop it (with no worker free) and the session fail."""
+    max_restarts: int = Field(2, ge=0)
+    """Failover: how many times an event's session may be replaced after its agent died with
+    people in the room, within restart_window_s (0: never; the session ends `lost`). While it
+    is above 0 we restart, and CreateDispatch asks LiveKit not to (JRP_NEVER)."""
+    restart_window_s: float = Field(3600.0, gt=0)
+    """The window of max_restarts: restarts older than this no longer count."""
+    worker_watch_interval_s: float = Field(0.5, gt=0)
+    """How often each orchestrator worker looks for agent workers whose beat went silent
+    past agent_worker_timeout_s, to replace their sessions' agents."""
     claim_stale_s: float = 60.0
     """A session still `claimed` this long after its claim (its dispatch job died) is re-checked."""
     reconcile_interval_s: int = 10

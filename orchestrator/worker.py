@@ -19,6 +19,7 @@ from orchestrator.jobs.context import CTX_KEY, Context
 from orchestrator.jobs.dispatch import dispatch_agent
 from orchestrator.jobs.end_session import end_session
 from orchestrator.jobs.exits import agent_exited
+from orchestrator.jobs.fleet import WorkerWatch, worker_gone
 from orchestrator.jobs.line import dispatch_from_line, move_line
 from orchestrator.jobs.reconcile import reconcile_sessions
 from orchestrator.jobs.rejections import reject_malformed_job
@@ -41,6 +42,7 @@ from tasks.serialization import deserialize, serialize
 log = structlog.get_logger("orchestrator.worker")
 
 FLUSHER_KEY = "lkd_metrics_flusher"
+WATCH_KEY = "lkd_worker_watch"
 
 
 def _startup(settings: Settings) -> Any:
@@ -66,7 +68,10 @@ def _startup(settings: Settings) -> Any:
                 settings.agent_capacity, settings.agent_worker_timeout_s, settings.waiting_line
             ),
         )
-        ctx[CTX_KEY] = Context(settings=settings, redis=redis, store=store, livekit=gateway)
+        ctx[CTX_KEY] = context = Context(
+            settings=settings, redis=redis, store=store, livekit=gateway
+        )
+        ctx[WATCH_KEY] = WorkerWatch(context).start()
         ctx[FLUSHER_KEY] = shared.Flusher(ctx["redis"], settings.metrics_flush_interval_s).start()
         log.info(
             "orchestrator worker started",
@@ -78,6 +83,9 @@ def _startup(settings: Settings) -> Any:
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:
+    watch: WorkerWatch | None = ctx.get(WATCH_KEY)
+    if watch is not None:
+        await watch.stop()
     flusher: shared.Flusher | None = ctx.get(FLUSHER_KEY)
     if flusher is not None:
         await flusher.stop()
@@ -101,6 +109,7 @@ def worker_settings(settings: Settings | None = None) -> dict[str, Any]:
         (keys.DISPATCH_FROM_LINE, dispatch_from_line),
         (keys.MOVE_LINE, move_line),
         (keys.AGENT_EXITED, agent_exited),
+        (keys.WORKER_GONE, worker_gone),
         (keys.END_SESSION, end_session),
         (keys.SESSION_REPORT, session_report),
         (keys.REJECT_MALFORMED_JOB, reject_malformed_job),

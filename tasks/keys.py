@@ -26,6 +26,7 @@ RECONCILE_SESSIONS = "reconcile_sessions"
 DISPATCH_FROM_LINE = "dispatch_from_line"
 MOVE_LINE = "move_line"
 AGENT_EXITED = "agent_exited"
+WORKER_GONE = "worker_gone"
 
 PREFIX = "lkd:"
 RESULTS_STREAM = PREFIX + "results"
@@ -83,6 +84,17 @@ def agent_exited_job_id(session_id: str, job_id: str) -> str:
     return f"agent_exited:{session_id}:{job_id}"
 
 
+def worker_gone_job_id(instance: str, last_beat_ms: int) -> str:
+    """An agent worker whose beat went silent: one per worker and last beat, however many
+    orchestrator workers notice it."""
+    return f"worker_gone:{instance}:{last_beat_ms}"
+
+
+def replacement_dispatch_job_id(session_id: str) -> str:
+    """The dispatch of a session that replaces one whose agent died (failover)."""
+    return f"{LINE_DISPATCH_JOB_PREFIX}{session_id}:replacement"
+
+
 def move_line_job_id(nonce: str) -> str:
     """A worker joined or grew: each time its own job (arq keeps a job's result an hour)."""
     return f"move_line:{nonce}"
@@ -131,6 +143,12 @@ def agent_job_key(session_id: str) -> str:
 def report_filed_key(session_id: str) -> str:
     """Set once the session's terminal report is on the results stream."""
     return f"{PREFIX}report-filed:{session_id}"
+
+
+def checkpoint_key(session_id: str) -> str:
+    """JSON: the last checkpoint a session's handler saved (`SessionContext.checkpoint`), for
+    the session that replaces it should its agent die."""
+    return f"{PREFIX}checkpoint:{session_id}"
 
 
 def session_lease_key(session_id: str) -> str:

@@ -88,10 +88,12 @@ def check_agent_name(name: str) -> str:
     return name
 
 
-def session_id_for(event_id: str, generation: int = 0) -> str:
+def session_id_for(event_id: str, generation: int = 0, restart: int = 0) -> str:
     """The session id of an event's dispatch; stable across retries so a retry can adopt
-    the dispatch an earlier try created. `generation` counts dead-letter replays."""
-    digest = hashlib.blake2b(f"{event_id}\x00{generation}".encode(), digest_size=10).hexdigest()
+    the dispatch an earlier try created. `generation` counts dead-letter replays, `restart`
+    the sessions that replaced one whose agent died (failover)."""
+    name = f"{event_id}\x00{generation}" + (f"\x00r{restart}" if restart else "")
+    digest = hashlib.blake2b(name.encode(), digest_size=10).hexdigest()
     return f"S_{digest}"
 
 
@@ -167,6 +169,24 @@ class DispatchRequest(_Model):
         ).to_json()
 
 
+MAX_CHECKPOINT_BYTES = 16_000
+"""A session's checkpoint (`SessionContext.checkpoint`), as JSON: it rides in a replacement's
+job metadata, beside the producer's payload, within MAX_METADATA_BYTES."""
+
+
+class Resume(_Model):
+    """In a replacement's job metadata: the session it takes over from, whose agent died."""
+
+    previous_session_id: str
+    attempt: int = Field(ge=1)
+    """1 for the first replacement of the event's session, 2 for the next, ..."""
+    previous_status: ReportStatus = "lost"
+    previous_error: str = ""
+    """How the previous session ended (its report's `error`)."""
+    checkpoint: dict[str, Any] | None = None
+    """The last checkpoint a session of this event saved, if any."""
+
+
 class JobMetadata(_Model):
     """What the agent finds in `ctx.job.metadata` (a JSON object)."""
 
@@ -177,6 +197,8 @@ class JobMetadata(_Model):
     metadata: dict[str, Any] = Field(default_factory=dict)
     probe: bool = False
     """`orchestrator doctor`'s test job: the agent takes it and ends it at once, unreported."""
+    resume: Resume | None = None
+    """Set when this session replaces one whose agent died (failover)."""
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -235,6 +257,10 @@ class SessionReport(_Model):
     outputs: dict[str, Any] = Field(default_factory=dict)
     source: Literal["agent", "orchestrator"] = "agent"
     """Who wrote it: the agent, or the orchestrator (failed dispatch, lost agent)."""
+    replaces: str | None = None
+    """The session this one replaced (its agent died with people still in the room)."""
+    replaced_by: str | None = None
+    """The session that replaced this one (set on a `lost` report)."""
 
     @field_validator("started_at", "ended_at")
     @classmethod

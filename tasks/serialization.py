@@ -31,6 +31,7 @@ from tasks.keys import (
     RECONCILE_SESSIONS,
     REJECT_MALFORMED_JOB,
     SESSION_REPORT,
+    WORKER_GONE,
 )
 
 MAX_RAW_KEPT_CHARS = 65_536
@@ -81,6 +82,7 @@ FUNCTIONS = {
     DISPATCH_FROM_LINE: Arguments(("session_id",), 1),
     MOVE_LINE: Arguments(("agent_name",), 1),
     AGENT_EXITED: Arguments(("session_id", "job_id"), 2),
+    WORKER_GONE: Arguments(("instance", "last_beat_ms"), 2),
     REJECT_MALFORMED_JOB: Arguments((), 0, frozenset({"reason", "raw", "raw_bytes"})),
 }
 """Every job function a worker runs, with its arguments."""

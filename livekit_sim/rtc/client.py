@@ -76,6 +76,7 @@ class SdkParticipant:
         self._queued_packets: dict[str, list[bytes]] = {RELIABLE_LABEL: [], LOSSY_LABEL: []}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._media_connected = False
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
 
@@ -105,12 +106,14 @@ class SdkParticipant:
             why = "its signalling failed"
             log.exception("signal session of %s failed", self.identity)
         finally:
+            # Gone without a leave after its media connected (killed): a ghost for a while.
+            vanished = why == "the signalling connection closed" and self._media_connected
             log.info("participant %s leaves room %s: %s", self.identity, self.room_name, why)
             self._closing = True
             self._outbox.put_nowait(None)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer, 2.0)
-            await self._cleanup()
+            await self._cleanup(vanished)
 
     def send(self, msg: rtc.SignalResponse) -> None:
         if not self._closing:
@@ -122,12 +125,15 @@ class SdkParticipant:
                 return
             await self.ws.send_bytes(msg.SerializeToString())
 
-    async def _cleanup(self) -> None:
+    async def _cleanup(self, vanished: bool) -> None:
         self.hub.detach(self.room_name, self)
         sim_room = self.registry.rooms.get(self.room_name)
         current = sim_room.participants.get(self.identity) if sim_room else None
         if current is not None and current.sid == self.sid:
-            self.registry.leave(self.room_name, self.identity)
+            if vanished and self.registry.peer_connection_timeout_s > 0:
+                self.registry.vanish(self.room_name, self.identity, self.sid)
+            else:
+                self.registry.leave(self.room_name, self.identity)
         for task in list(self._tasks):
             task.cancel()
         for _, reader in self._sending.values():
@@ -139,6 +145,7 @@ class SdkParticipant:
             await self.ws.close()
 
     def _connected(self) -> None:
+        self._media_connected = True
         self.registry.activate(self.room_name, self.identity)
 
     # -- requests --------------------------------------------------------------------------

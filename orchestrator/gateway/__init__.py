@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 from livekit import api
+from livekit.protocol import models
 from livekit.protocol.agent_dispatch import JRP_NEVER, JRP_ON_FAILURE
 
 from orchestrator import metrics
@@ -27,7 +28,12 @@ DISPATCH = "AgentDispatchService"
 ROOMS = "RoomService"
 # Calls that change nothing more when made twice, so a transport may send them again; not
 # CreateDispatch, which would put a second agent in the room.
-REPEATABLE = frozenset({"ListRooms", "ListDispatch", "DeleteDispatch", "DeleteRoom"})
+REPEATABLE = frozenset(
+    {"ListRooms", "ListDispatch", "DeleteDispatch", "DeleteRoom", "ListParticipants"}
+)
+NOT_PEOPLE = frozenset({models.ParticipantInfo.Kind.AGENT, models.ParticipantInfo.Kind.EGRESS})
+"""Participants that are not people waiting for an agent: agents (a dead one may linger,
+listed, until its peer connection times out) and recorders."""
 
 
 class LiveKitGateway:
@@ -38,6 +44,7 @@ class LiveKitGateway:
         self._tokens = ApiTokenSigner(
             settings.livekit_api_key, settings.livekit_api_secret.get_secret_value()
         )
+        self._we_restart = settings.max_restarts > 0
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -70,13 +77,16 @@ class LiveKitGateway:
     async def create_dispatch(
         self, agent_name: str, room: str, metadata: str, restart_policy: str | None = None
     ) -> api.AgentDispatch:
-        """`restart_policy`: "never" asks LiveKit not to restart the job (LiveKit Cloud
-        honours it); anything else leaves LiveKit's default, JRP_ON_FAILURE."""
+        """`restart_policy`: the event's. LiveKit is asked to restart a failed job itself
+        (JRP_ON_FAILURE: LiveKit Cloud does; a self-hosted server never does) only where our
+        failover does not (LKD_MAX_RESTARTS=0) and the event allows it: one restarter only,
+        or a death would bring two agents."""
+        restarts = restart_policy != "never" and not self._we_restart
         request = api.CreateAgentDispatchRequest(
             agent_name=agent_name,
             room=room,
             metadata=metadata,
-            restart_policy=JRP_NEVER if restart_policy == "never" else JRP_ON_FAILURE,
+            restart_policy=JRP_ON_FAILURE if restarts else JRP_NEVER,
         )
         return await self._call(
             DISPATCH, "CreateDispatch", request, api.AgentDispatch, roomAdmin=True, room=room
@@ -151,6 +161,24 @@ class LiveKitGateway:
                 return False
             raise
         return True
+
+    async def room_people(self, room: str) -> list[models.ParticipantInfo]:
+        """Who is in the room now, by LiveKit, other than agents and recorders ([] for a room
+        that is not running)."""
+        try:
+            response = await self._call(
+                ROOMS,
+                "ListParticipants",
+                api.ListParticipantsRequest(room=room),
+                api.ListParticipantsResponse,
+                roomAdmin=True,
+                room=room,
+            )
+        except LiveKitError as exc:
+            if exc.code == "not_found":
+                return []
+            raise
+        return [p for p in response.participants if p.kind not in NOT_PEOPLE]
 
     async def list_rooms(self, names: list[str] | None = None) -> list[api.Room]:
         response = await self._call(

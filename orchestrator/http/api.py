@@ -199,6 +199,8 @@ async def _session_reply(
         raise not_found(missing)
     svc = of(request)
     place = await line.place(svc.redis, svc.store.line, session, now_ms())
+    if session.replaces or session.replaced_by:
+        place = {**(place or {}), "chain": await queries.chain(svc.redis, session)}
     return web.json_response(session_answer(session, place))
 
 

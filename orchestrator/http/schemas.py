@@ -143,6 +143,16 @@ class SessionView(_Answer):
     end_reason: str | None = None
     last_error: str | None = None
     report_source: str | None = None
+    replaces: str | None = None
+    """The session this one replaced: its agent died with people in the room (failover)."""
+    replaced_by: str | None = None
+    """The session that replaced this one."""
+    restart: int | None = None
+    """Which replacement of its event's first session this is (1: the first replacement)."""
+    restarts: str | None = None
+    """When its chain's sessions were replaced (unix ms, comma-separated)."""
+    chain: list[str] | None = None
+    """Its event's sessions, first to last, when agents were replaced (failover)."""
 
 
 class SessionPage(_Answer):

@@ -19,7 +19,9 @@ from orchestrator.jobs.reports import fail_session
 from orchestrator.jobs.retries import give_up_reason, job_lease, retry_delay, wait_for_lease
 from orchestrator.store.record import Session, SessionStatus
 from orchestrator.store.sessions import Lease
-from tasks.models import DispatchOutcome, DispatchRequest, session_id_for
+from tasks import keys
+from tasks.connection import text
+from tasks.models import DispatchOutcome, DispatchRequest, JobMetadata, session_id_for
 
 log = structlog.get_logger("orchestrator.jobs.dispatch")
 
@@ -214,6 +216,36 @@ async def dispatch_claimed(
     metrics.DISPATCH_OUTCOMES.labels("dispatched").inc()
     log.info("dispatched", dispatch_id=dispatch.id, agent_name=target.agent_name)
     return result("dispatched", session_id=session_id, dispatch_id=dispatch.id)
+
+
+async def target_of(c: Context, session: Session) -> Target:
+    """A claimed session's Target, from its record and its kept job metadata (a session let
+    out of its line, or one that replaces another)."""
+    raw = await c.redis.get(keys.session_payload_key(session.session_id))
+    metadata = (
+        text(raw)
+        if raw is not None
+        else JobMetadata(session_id=session.session_id, event_id=session.event_id).to_json()
+    )
+    event: dict[str, Any] = {
+        "event_id": session.event_id,
+        "room": session.room,
+        "agent_name": session.agent_name,
+        "metadata": JobMetadata.model_validate_json(metadata).metadata,
+        "priority": session.priority,
+    }
+    if session.restart_policy:
+        event["restart_policy"] = session.restart_policy
+    return Target(
+        session_id=session.session_id,
+        event_id=session.event_id,
+        room=session.room,
+        agent_name=session.agent_name,
+        generation=session.generation,
+        metadata=metadata,
+        event=event,
+        restart_policy=session.restart_policy,
+    )
 
 
 async def _earlier_outcome(c: Context, session_id: str) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """`agent_exited`: an agent worker saw the job process of one of our sessions exit without its
 report (killed, out of memory, crashed). Its main process lives on and says so at once
-(`tasks.heartbeat.note_exit`), so the session ends `lost` now rather than when its heartbeat's
-silence passes LKD_REPORT_GRACE_S: reconciliation stays the backstop for a whole worker gone.
+(`tasks.heartbeat.note_exit`), so the session is replaced (or ends `lost`, failover.py) now
+rather than when its heartbeat's silence passes LKD_REPORT_GRACE_S.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 
 from orchestrator.jobs.context import of
-from orchestrator.jobs.reconcile import lost
+from orchestrator.jobs.failover import agent_died
 from orchestrator.jobs.rejections import reject
 from tasks import heartbeat
 
@@ -31,7 +31,7 @@ async def agent_exited(ctx: dict[str, Any], session_id: Any, job_id: Any) -> dic
         # Not known to have run the session (a job that died before its first heartbeat, or
         # one of an earlier dispatch): the assignment check and reconciliation look after it.
         return {"outcome": "moot"}
-    outcome = await lost(
+    outcome = await agent_died(
         c,
         session,
         "its job process exited without a report (killed, out of memory, or crashed); "

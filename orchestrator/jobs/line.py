@@ -16,15 +16,13 @@ import structlog
 
 from orchestrator import metrics
 from orchestrator.jobs.context import Context, of
-from orchestrator.jobs.dispatch import Target, dispatch_claimed, result
+from orchestrator.jobs.dispatch import dispatch_claimed, result, target_of
 from orchestrator.jobs.rejections import reject
 from orchestrator.jobs.reports import synthesize_report
 from orchestrator.jobs.retries import job_lease, wait_for_lease
 from orchestrator.store.record import Session, SessionStatus
 from orchestrator.store.sessions import now_ms
-from tasks import keys
-from tasks.connection import text
-from tasks.models import JobMetadata, check_agent_name
+from tasks.models import check_agent_name
 
 log = structlog.get_logger("orchestrator.jobs.line")
 
@@ -37,7 +35,8 @@ a second for that rather than LKD_ASSIGNMENT_CHECK_DELAY_S."""
 
 
 async def dispatch_from_line(ctx: dict[str, Any], session_id: str) -> dict[str, Any]:
-    """Dispatch a session let out of its line (it holds its slot), unless it expired."""
+    """Dispatch a session queued for it by a script: let out of its line (it holds its slot),
+    unless it expired; or one that replaces a session whose agent died (failover.py)."""
     c = of(ctx)
     session = await c.store.get(session_id)
     if (
@@ -64,7 +63,7 @@ async def dispatch_from_line(ctx: dict[str, Any], session_id: str) -> dict[str, 
             if session.expires_at and now_ms() >= session.expires_at:
                 await c.store.release_lease(session_id, lease)
                 return await expire(c, session)
-            target = await _target(c, session)
+            target = await target_of(c, session)
             outcome = await dispatch_claimed(
                 ctx,
                 c,
@@ -76,38 +75,11 @@ async def dispatch_from_line(ctx: dict[str, Any], session_id: str) -> dict[str, 
             )
         if outcome["outcome"] == "dispatched":
             waited_s = (now_ms() - (session.claimed_at or now_ms())) / 1000
-            metrics.WAIT_SECONDS.observe(max(0.0, waited_s))
+            took = metrics.RESTART_SECONDS if session.replaces else metrics.WAIT_SECONDS
+            took.observe(max(0.0, waited_s))
         return outcome
     finally:
         structlog.contextvars.clear_contextvars()
-
-
-async def _target(c: Context, session: Session) -> Target:
-    raw = await c.redis.get(keys.session_payload_key(session.session_id))
-    metadata = (
-        text(raw)
-        if raw is not None
-        else JobMetadata(session_id=session.session_id, event_id=session.event_id).to_json()
-    )
-    event: dict[str, Any] = {
-        "event_id": session.event_id,
-        "room": session.room,
-        "agent_name": session.agent_name,
-        "metadata": JobMetadata.model_validate_json(metadata).metadata,
-        "priority": session.priority,
-    }
-    if session.restart_policy:
-        event["restart_policy"] = session.restart_policy
-    return Target(
-        session_id=session.session_id,
-        event_id=session.event_id,
-        room=session.room,
-        agent_name=session.agent_name,
-        generation=session.generation,
-        metadata=metadata,
-        event=event,
-        restart_policy=session.restart_policy,
-    )
 
 
 async def expire(c: Context, session: Session) -> dict[str, Any]:

@@ -21,8 +21,8 @@ What it decides, for each live session that is due:
 - Silence is measured from when heartbeats could be written again: after the last Redis
   outage or restart, not across it.
 
-A lost session gets a synthesized report; any dispatch it still has is deleted, so a zombie
-agent cannot share the room with the next session.
+A dead agent's session goes to `failover.agent_died`: replaced where people are still in the
+room, else `lost` with a synthesized report.
 
 A pass looks only at the sessions that are due (`keys.RECONCILE_DUE`): each visit schedules
 the next one for when a rule could next apply, and no later than
@@ -42,6 +42,8 @@ import structlog
 
 from orchestrator.errors import LiveKitError
 from orchestrator.jobs.context import Context, of
+from orchestrator.jobs.failover import agent_died
+from orchestrator.jobs.fleet import quiet_since
 from orchestrator.jobs.line import expire
 from orchestrator.jobs.reports import fail_session, synthesize_report
 from orchestrator.store import queries
@@ -81,6 +83,7 @@ async def reconcile_sessions(ctx: dict[str, Any]) -> dict[str, int]:
     counts = {
         "checked": 0,
         "lost": 0,
+        "replaced": 0,
         "adopted": 0,
         "failed": 0,
         "closed": 0,
@@ -107,16 +110,14 @@ async def reconcile_sessions(ctx: dict[str, Any]) -> dict[str, int]:
 
 async def _evidence(c: Context) -> Evidence:
     now = now_ms()
-    uptime_s = int((await c.redis.info("server")).get("uptime_in_seconds", 0))
-    outage_end = await c.redis.hget(keys.REDIS_OUTAGE, "ended_ms")  # type: ignore[misc]
-    quiet_since = max(now - uptime_s * 1000, int(outage_end or 0))
+    quiet = await quiet_since(c)
     since = now - int(c.settings.agent_worker_timeout_s * 1000)
     held: dict[str, heartbeat.SessionHold] = {}
     for record in await heartbeat.worker_records(c.redis, since):
         for session_id, hold in record.sessions.items():
             if held.get(session_id) != "running":
                 held[session_id] = hold
-    return Evidence(now=now, quiet_since=quiet_since, held=held)
+    return Evidence(now=now, quiet_since=quiet, held=held)
 
 
 async def _reconcile_page(
@@ -191,7 +192,7 @@ async def _reconcile_one(
         silent_ms = silent_for(last_beat)
         if silent_ms <= grace_ms:
             return None
-        return await lost(
+        return await agent_died(
             c,
             session,
             f"agent stopped sending heartbeats {round(silent_ms / 1000)} s ago, sent no report, "
@@ -201,7 +202,7 @@ async def _reconcile_one(
 
     gone_since = session.gone_since
     if took and gone_since and silent_for(gone_since) > grace_ms:
-        return await lost(
+        return await agent_died(
             c,
             session,
             f"LiveKit saw the agent go (room closed, dispatch deleted or agent left) "
@@ -211,7 +212,7 @@ async def _reconcile_one(
 
     assigned_at = session.assigned_at
     if c.settings.agent_heartbeats and assigned_at and silent_for(assigned_at) > grace_ms:
-        return await lost(
+        return await agent_died(
             c,
             session,
             f"the agent took the job {round((now - assigned_at) / 1000)} s ago but never "
@@ -308,33 +309,6 @@ async def _ensure_confirmation(c: Context, session: Session, now: int) -> None:
             c.redis, keys.CONFIRM_ASSIGNMENT, session_id, dispatch_id, attempts, job_id=job_id
         )
         log.warning("assignment check overdue: queued it again", session_id=session_id)
-
-
-async def lost(c: Context, session: Session, reason: str) -> str | None:
-    """File the session's `lost` report, unless its agent's own report is already queued: a
-    session that ended stops its heartbeat, and its report may wait in the queue for longer
-    than the grace (the worker that took it was killed: arq runs it again later)."""
-    if await _report_queued(c, session):
-        return None
-    if session.dispatch_id:
-        await c.livekit.delete_dispatch(session.dispatch_id, session.room)
-    filed = await synthesize_report(
-        c, session, status="lost", reason=reason, end_reason="agent_lost"
-    )
-    if filed:
-        log.warning("session lost", session_id=session.session_id, room=session.room, reason=reason)
-    return "lost" if filed else None
-
-
-async def _report_queued(c: Context, session: Session) -> bool:
-    session_id = session.session_id
-    job_id = session.job_id
-    if not job_id:
-        taken = await heartbeat.agent_job(c.redis, session_id)
-        job_id = taken.job_id if taken is not None else None
-    # Our agent's report job is named by the LiveKit job it ran the session in.
-    report = keys.report_job_id(session_id, job_id) if job_id else None
-    return report is not None and bool(await c.redis.exists(keys.ARQ_JOB_PREFIX + report))
 
 
 def _claimed_since(session: Session) -> int:

@@ -63,9 +63,22 @@ async def synthesize_report(
     c: Context, session: Session, *, status: ReportStatus, reason: str, end_reason: str
 ) -> bool:
     """File a report on the agent's behalf, from what the session record knows."""
+    report = synthesized(session, status=status, reason=reason, end_reason=end_reason)
+    return await file_report(c, report) == "filed"
+
+
+def synthesized(
+    session: Session,
+    *,
+    status: ReportStatus,
+    reason: str,
+    end_reason: str,
+    replaced_by: str | None = None,
+) -> SessionReport:
+    """The report the orchestrator writes for a session, from what its record knows."""
     started = _ms_to_dt(session.assigned_at or session.dispatched_at)
     ended = datetime.now(UTC)
-    report = SessionReport(
+    return SessionReport(
         session_id=session.session_id,
         event_id=session.event_id,
         room=session.room,
@@ -80,19 +93,24 @@ async def synthesize_report(
         end_reason=end_reason,
         error=reason if status != "completed" else None,
         source="orchestrator",
+        replaces=session.replaces,
+        replaced_by=replaced_by,
     )
-    return await file_report(c, report) == "filed"
 
 
 async def fail_session(
-    c: Context, session: Session, *, reason: str, event: dict[str, Any], job_id: str
+    c: Context,
+    session: Session,
+    *,
+    reason: str,
+    event: dict[str, Any],
+    job_id: str,
+    end_reason: str = "dispatch_failed",
 ) -> None:
     """A dispatch that will not happen: failed report (which frees the room), and a dead letter
     that replays `event` (the job `job_id` gave up)."""
     session = await c.store.get(session.session_id) or session  # what it holds by now
-    await synthesize_report(
-        c, session, status="failed", reason=reason, end_reason="dispatch_failed"
-    )
+    await synthesize_report(c, session, status="failed", reason=reason, end_reason=end_reason)
     await c.store.record_event(session.event_id, "failed", overwrite=True)
     entry = await dead_letters.add(
         c.redis,

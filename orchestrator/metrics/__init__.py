@@ -27,3 +27,15 @@ WAIT_SECONDS = Histogram(
 REPORTS = Counter("lkd_reports_total", "Terminal session reports filed, by status", ["status"])
 DUPLICATE_REPORTS = Counter("lkd_duplicate_reports_total", "Reports for already-reported sessions")
 REJECTED_JOBS = Counter("lkd_rejected_jobs_total", "Jobs rejected as malformed or invalid")
+AGENT_DEATHS = Counter(
+    "lkd_agent_deaths_total",
+    "Sessions whose agent died without its report, by what became of them: replaced (a new "
+    "agent joined), lost (nobody in the room, restart_policy never, ended by request or "
+    "failover off) or failed (the restart budget was spent)",
+    ["outcome"],
+)
+RESTART_SECONDS = Histogram(
+    "lkd_restart_seconds",
+    "From a dead agent's replacement decided to LiveKit accepting its CreateDispatch",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)

@@ -35,6 +35,8 @@ SHARED: tuple[Any, ...] = (
     metrics.REPORTS,
     metrics.DUPLICATE_REPORTS,
     metrics.REJECTED_JOBS,
+    metrics.AGENT_DEATHS,
+    metrics.RESTART_SECONDS,
 )
 
 log = structlog.get_logger("orchestrator.metrics")

@@ -240,6 +240,62 @@ end
 return 1
 """
 
+# KEYS: old's report filed, results stream, old session, live set, room claim, old payload,
+#       reconcile due set, old lease, new session, new payload, event, recent set, room
+#       sessions, the new dispatch job's arq key, arq queue
+# ARGV: old id, old's `lost` report, event_id, room, retention_s, maxlen, report digest, new
+#       id, now (ms), new job metadata, first reconciliation at (ms), dispatch job id, its
+#       body, its ttl (ms), restart number, restart times, then old's field pairs (from 17).
+# Failover: the old session's agent died with people in the room. Files its `lost` report and
+# puts in the new session, linked both ways, in one step: the room's claim (and the slot of
+# its agent name, if it held one) passes from the old to the new, the event points at the
+# new, and the new one's dispatch job is queued. However many signals of one death race
+# here, only one files the report, so only one replacement is made. Answers as FILE_REPORT
+# (1, 0, 2), or -1 when the old session no longer holds the room (nothing done).
+REPLACE = """
+if redis.call('GET', KEYS[5]) ~= ARGV[1] then return -1 end
+if not redis.call('SET', KEYS[1], ARGV[7], 'NX', 'EX', ARGV[5]) then
+  if redis.call('GET', KEYS[1]) == ARGV[7] then return 2 end
+  return 0
+end
+local old, new, now = ARGV[1], ARGV[8], ARGV[9]
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'session_id', old,
+           'event_id', ARGV[3], 'room', ARGV[4], 'status', 'lost', 'report', ARGV[2])
+local agent, gen, policy, priority, score = unpack(redis.call('HMGET', KEYS[3], 'agent_name',
+  'generation', 'restart_policy', 'priority', 'line_score'))
+redis.call('HSET', KEYS[3], 'status', 'lost', 'replaced_by', new)
+for i = 17, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[3], ARGV[5])
+redis.call('ZREM', KEYS[4], old)
+redis.call('ZREM', KEYS[7], old)
+redis.call('DEL', KEYS[6], KEYS[8])
+redis.call('HSET', KEYS[9], 'session_id', new, 'event_id', ARGV[3], 'room', ARGV[4],
+           'agent_name', agent or '', 'generation', gen or '0', 'status', 'claimed',
+           'enqueued_at', now, 'claimed_at', now, 'attempts', 0, 'dispatch_job', ARGV[12],
+           'replaces', old, 'restart', ARGV[15], 'restarts', ARGV[16])
+for name, value in pairs({restart_policy = policy, priority = priority, line_score = score}) do
+  if value then redis.call('HSET', KEYS[9], name, value) end
+end
+redis.call('PERSIST', KEYS[9])
+redis.call('SET', KEYS[10], ARGV[10], 'EX', ARGV[5])
+redis.call('ZADD', KEYS[4], now, new)
+redis.call('ZADD', KEYS[12], now, new)
+redis.call('ZADD', KEYS[13], now, new)
+redis.call('EXPIRE', KEYS[13], ARGV[5])
+redis.call('ZADD', KEYS[7], ARGV[11], new)
+redis.call('SET', KEYS[5], new)
+if redis.call('HGET', KEYS[11], 'session_id') == old then
+  redis.call('HSET', KEYS[11], 'session_id', new)
+end
+if score and agent and redis.call('ZREM', SLOTS .. agent, old) == 1 then
+  redis.call('ZADD', SLOTS .. agent, now, new)
+end
+redis.call('SET', KEYS[14], ARGV[13], 'PX', ARGV[14])
+redis.call('ZADD', KEYS[15], now, ARGV[12])
+return 1
+"""
+REPLACE = f"local SLOTS = '{keys.slots_key('')}'\n" + REPLACE
+
 # KEYS: session, lease; ARGV: dispatch id, lease token, the line configuration (at 3).
 # A session of a known capacity whose dispatch no worker took (a worker went full between
 # its slot and its dispatch) goes back to its place at the head of the line, gives up its

@@ -21,6 +21,28 @@ async def get_session(redis: Redis, session_id: str) -> Session | None:
     return Session.parse(raw)
 
 
+MAX_CHAIN = 100
+"""A chain of replacements is read this far either way (the restart budget keeps it short)."""
+
+
+async def chain(redis: Redis, session: Session) -> list[str]:
+    """The session ids of `session`'s event, first to last, linked by failover (`replaces`,
+    `replaced_by`); just its own when its agent was never replaced."""
+    before: list[str] = []
+    link = session.replaces
+    while link and len(before) < MAX_CHAIN:
+        before.insert(0, link)
+        raw = await redis.hget(keys.session_key(link), "replaces")  # type: ignore[misc]
+        link = text(raw) if raw else None
+    after: list[str] = []
+    link = session.replaced_by
+    while link and len(after) < MAX_CHAIN:
+        after.append(link)
+        raw = await redis.hget(keys.session_key(link), "replaced_by")  # type: ignore[misc]
+        link = text(raw) if raw else None
+    return [*before, session.session_id, *after]
+
+
 async def newest_in_room(redis: Redis, room: str) -> Session | None:
     """The room's newest session, live or not."""
     ids = await redis.zrevrange(keys.room_sessions_key(room), 0, 0)

@@ -78,6 +78,18 @@ class Session:
     end_reason: str | None = None
     last_error: str | None = None
     report_source: str | None = None
+    replaces: str | None = None
+    """The session this one replaced: its agent died with people in the room (failover)."""
+    replaced_by: str | None = None
+    """The session that replaced this one."""
+    restart: int = 0
+    """Which replacement of its event's first session this is (0: the first session)."""
+    restarts: str | None = None
+    """When the sessions of its chain were replaced (unix ms, comma-separated), for the
+    restart budget (LKD_MAX_RESTARTS within LKD_RESTART_WINDOW_S)."""
+
+    def restart_times(self) -> list[int]:
+        return [int(t) for t in (self.restarts or "").split(",") if t.isdigit()]
 
     @property
     def live(self) -> bool:
@@ -114,6 +126,8 @@ class Session:
         view: dict[str, Any] = {
             name: getattr(self, name) for name in _KINDS if getattr(self, name) not in (None, "")
         }
+        if not self.restart:
+            del view["restart"]
         view["status"] = str(self.status)
         if self.claimed_at:
             view["age_s"] = round((now_ms - self.claimed_at) / 1000, 3)

@@ -97,6 +97,7 @@ class SessionStore:
         self._release = self.scripts.script(lua.RELEASE)
         self._requeue = self.scripts.script(lua.REQUEUE)
         self._move_line = self.scripts.script(lua.MOVE_LINE)
+        self._replace = self.scripts.script(lua.REPLACE)
 
     async def claim(
         self,
@@ -245,17 +246,7 @@ class SessionStore:
         """Append the session's terminal report to the results stream, mark it terminal and
         free its room, all at once; unless the session has its report already: this same one
         (its job ran again), or another."""
-        fields = {
-            "ended_at": int(report.ended_at.timestamp() * 1000),
-            "end_reason": report.end_reason,
-            "last_error": report.error or "",
-            "report_source": report.source,
-        }
-        for name in ("dispatch_id", "job_id", "worker_id"):
-            value = getattr(report, name)
-            if value:
-                fields[name] = value
-        body = report.model_dump_json()
+        body, digest, field_pairs = _filed(report)
         completed_in = report.duration_s if report.status == "completed" else None
         args: list[Any] = [
             report.session_id,
@@ -265,12 +256,11 @@ class SessionStore:
             report.room,
             self.retention_s,
             keys.RESULTS_STREAM_MAXLEN,
-            hashlib.blake2b(body.encode(), digest_size=16).hexdigest(),
+            digest,
             "" if completed_in is None else round(completed_in, 3),
             *self.line.args(now_ms()),
+            *field_pairs,
         ]
-        for name, value in fields.items():
-            args += [name, value]
         filed = await self.scripts.run(
             self._file,
             keys=[
@@ -286,6 +276,58 @@ class SessionStore:
             args=args,
         )
         return _FILINGS[filed]
+
+    async def replace(
+        self, report: SessionReport, replacement: Replacement
+    ) -> Filing | Literal["not_holder"]:
+        """File the `lost` `report` of a session whose agent died and put in `replacement`,
+        in one step (store.lua.REPLACE): the room's claim and slot pass to it, and its
+        dispatch job is queued. As file_report answers; `not_holder` (nothing done) when the
+        old session no longer holds the room."""
+        new_id = replacement.session_id
+        now = now_ms()
+        job_id = keys.replacement_dispatch_job_id(new_id)
+        body, digest, field_pairs = _filed(report)
+        answer = await self.scripts.run(
+            self._replace,
+            keys=[
+                keys.report_filed_key(report.session_id),
+                keys.RESULTS_STREAM,
+                keys.session_key(report.session_id),
+                keys.LIVE_SESSIONS,
+                keys.room_claim_key(report.room),
+                keys.session_payload_key(report.session_id),
+                keys.RECONCILE_DUE,
+                keys.session_lease_key(report.session_id),
+                keys.session_key(new_id),
+                keys.session_payload_key(new_id),
+                keys.event_key(report.event_id),
+                keys.RECENT_SESSIONS,
+                keys.room_sessions_key(report.room),
+                keys.ARQ_JOB_PREFIX + job_id,
+                keys.QUEUE_NAME,
+            ],
+            args=[
+                report.session_id,
+                body,
+                report.event_id,
+                report.room,
+                self.retention_s,
+                keys.RESULTS_STREAM_MAXLEN,
+                digest,
+                new_id,
+                now,
+                replacement.job_metadata,
+                now + self.first_check_ms,
+                job_id,
+                job_body(keys.DISPATCH_FROM_LINE, [new_id], enqueue_ms=now),
+                CHECK_JOB_TTL_MS,
+                replacement.restart,
+                ",".join(map(str, replacement.restarts)),
+                *field_pairs,
+            ],
+        )
+        return "not_holder" if int(answer) == -1 else _FILINGS[int(answer)]
 
     async def requeue(self, session_id: str, dispatch_id: str, lease: Lease) -> Requeue:
         """Put a session whose dispatch `dispatch_id` no worker took back at its place in the
@@ -412,6 +454,36 @@ class SessionStore:
     async def aclose(self) -> None:
         """Close the store's script connection (before closing `redis`)."""
         await self.scripts.aclose()
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """The session that takes over from one whose agent died."""
+
+    session_id: str
+    job_metadata: str
+    restart: int
+    """Its number in the event's chain of replacements (1 for the first)."""
+    restarts: list[int]
+    """When the chain's sessions were replaced (unix ms), this one included."""
+
+
+def _filed(report: SessionReport) -> tuple[str, str, list[Any]]:
+    """A report as filing keeps it: its JSON, that JSON's digest (a report filed twice is
+    told from another), and the session record's fields it sets (name, value, ...)."""
+    fields: dict[str, Any] = {
+        "ended_at": int(report.ended_at.timestamp() * 1000),
+        "end_reason": report.end_reason,
+        "last_error": report.error or "",
+        "report_source": report.source,
+    }
+    for name in ("dispatch_id", "job_id", "worker_id", "replaced_by"):
+        value = getattr(report, name)
+        if value:
+            fields[name] = value
+    body = report.model_dump_json()
+    digest = hashlib.blake2b(body.encode(), digest_size=16).hexdigest()
+    return body, digest, [item for pair in fields.items() for item in pair]
 
 
 def _fields(flat: list[bytes]) -> dict[str, str]:

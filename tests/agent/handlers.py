@@ -16,11 +16,17 @@ from agent.handlers import SessionContext, greeter
 async def scripted(session: SessionContext) -> str | None:
     """`mode`: "finish" (default) returns at once; "raise" fails; "wait" runs until the session
     is ended from outside; "hold" returns once the file `release_file` exists; "greeter" runs
-    the default handler."""
+    the default handler. A first session saves the payload's `checkpoint` (if any); one that
+    replaces another puts its `resume` in its outputs."""
     payload = session.payload
     mode = payload.get("mode", "finish")
     session.outputs["payload_keys"] = sorted(payload)
     session.outputs["session_id_seen"] = session.metadata.session_id
+    if session.resume is not None:
+        session.outputs["resume"] = session.resume.model_dump(mode="json")
+    if "checkpoint" in payload and session.resume is None:
+        await session.checkpoint(payload["checkpoint"])
+        session.log.info("checkpoint saved")
     session.log.info("test handler running", mode=mode)
     if mode == "raise":
         raise RuntimeError("the test handler failed on purpose")

@@ -61,6 +61,13 @@ class AgentWorker:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
+    def kill(self) -> None:
+        """SIGKILL the worker and its job processes at once, as a machine that dies."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
     @property
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")

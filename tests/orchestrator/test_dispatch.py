@@ -361,9 +361,17 @@ async def test_dead_letter_replay_dispatches_again(
     assert dispatch_job_id("e-dl") in replay_job
 
 
+@pytest.mark.parametrize("max_restarts", [2, 0])
 async def test_the_restart_policy_reaches_livekit_and_stays_with_the_session(
-    sim: LiveKitSim, arq_redis: ArqRedis, orchestrator: Worker
+    sim: LiveKitSim,
+    arq_redis: ArqRedis,
+    settings: Settings,
+    run_worker: RunWorker,
+    max_restarts: int,
 ) -> None:
+    # One restarter only: while our failover is on, LiveKit is asked never to restart a job
+    # (LiveKit Cloud would, and two agents would follow a death); off, the event's policy.
+    await run_worker(settings.model_copy(update={"max_restarts": max_restarts}))
     never = DispatchRequest(event_id="e-never", room="r-never", restart_policy="never")
     usual = DispatchRequest(event_id="e-usual", room="r-usual")
     for request in (never, usual):
@@ -374,7 +382,7 @@ async def test_the_restart_policy_reaches_livekit_and_stays_with_the_session(
     [sent_never] = [d for d in sim.dispatches("r-never") if d.agent_name]
     [sent_usual] = [d for d in sim.dispatches("r-usual") if d.agent_name]
     assert sent_never.restart_policy == JRP_NEVER
-    assert sent_usual.restart_policy == JRP_ON_FAILURE
+    assert sent_usual.restart_policy == (JRP_NEVER if max_restarts else JRP_ON_FAILURE)
     session = await store(arq_redis).get(session_id_for("e-never"))
     assert session is not None
     assert session.restart_policy == "never"

@@ -79,7 +79,9 @@ async def recording_sim() -> AsyncIterator[tuple[LiveKitSim, list[Received]]]:
 
 async def through_gateway(sim: LiveKitSim) -> str:
     """The gateway's calls, one of each: the dispatch id it made."""
-    gateway = LiveKitGateway(settings_for("redis://127.0.0.1:9/0", sim, AGENT))
+    # Without our failover, CreateDispatch leaves LiveKit's default restart policy, as
+    # livekit-api does (with it, JRP_NEVER: tests/orchestrator/test_dispatch.py).
+    gateway = LiveKitGateway(settings_for("redis://127.0.0.1:9/0", sim, AGENT, max_restarts=0))
     try:
         dispatch = await gateway.create_dispatch(AGENT, ROOM, METADATA)
         assert dispatch.id in [d.id for d in await gateway.room_dispatches(ROOM)]

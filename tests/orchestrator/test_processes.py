@@ -15,7 +15,9 @@ from livekit_sim import LiveKitSim
 from orchestrator.store.record import Session
 from orchestrator.store.sessions import SessionStore
 from tasks import DispatchRequest, enqueue_dispatch, enqueue_session_report
-from tasks.models import SessionReport
+from tasks.heartbeat import AgentJob, beat, note_exit
+from tasks.keys import room_claim_key
+from tasks.models import SessionReport, session_id_for
 from tests.orchestrator.conftest import Spawn, results, worker_checked_in
 from tests.orchestrator.test_dispatch import CREATE
 from tests.support.fake_worker import AcceptingWorker
@@ -179,3 +181,49 @@ async def test_worker_killed_while_dispatching_from_the_line_leaves_one_dispatch
     [dispatch] = ours(sim, "r-next")
     assert session.dispatch_id == dispatch.id
     assert len([c for c in sim.calls_to(CREATE) if c.room == "r-next"]) == 1
+
+
+async def test_worker_killed_in_the_middle_of_a_replacement_leaves_one_agent(
+    sim: LiveKitSim, arq_redis: ArqRedis, spawn_worker: Spawn, agent_worker: AcceptingWorker
+) -> None:
+    # A session's agent dies with a caller in the room; the worker that replaces it dies
+    # after LiveKit made the replacement's dispatch and before the answer came back.
+    first = spawn_worker(LKD_ASSIGNMENT_CHECK_DELAY_S="0.3")
+    await sim.join_participant("r-fail", "caller")
+    job = await enqueue_dispatch(arq_redis, DispatchRequest(event_id="e-fail", room="r-fail"))
+    [outcome] = await eventually(lambda: results(arq_redis, [job.job_id]), what="dispatched")
+    session_id = outcome["session_id"]
+    [taken] = await eventually(lambda: agent_worker.jobs, what="the job taken")
+    await beat(arq_redis, session_id, AgentJob(taken.dispatch_id, taken.id, "AW_fake"))
+    store = SessionStore(arq_redis, retention_s=60, event_retention_s=60)
+
+    async def has_status(sid: str, *statuses: str) -> Session | None:
+        found = await store.get(sid)
+        return found if found and found.status in statuses else None
+
+    await eventually(lambda: has_status(session_id, "assigned"), what="the session assigned")
+    sim.faults.set(CREATE, response_delay_ms=5_000)
+    await note_exit(arq_redis, session_id, taken.id)  # its job process died
+    replacement = session_id_for("e-fail", restart=1)
+    await eventually(
+        lambda: [d for d in ours(sim, "r-fail") if replacement in d.metadata],
+        what="the replacement's dispatch made",
+    )
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    sim.faults.clear()
+
+    spawn_worker(LKD_ASSIGNMENT_CHECK_DELAY_S="0.3")  # runs the dispatch again after its expiry
+    new = await eventually(
+        lambda: has_status(replacement, "dispatched", "assigned"),
+        timeout_s=40,
+        what="the replacement recorded",
+    )
+    # The dead session's dispatch was deleted; the replacement's was adopted, not made twice.
+    assert [d.id for d in ours(sim, "r-fail")] == [new.dispatch_id]
+    assert new.replaces == session_id
+    assert len([c for c in sim.calls_to(CREATE) if c.room == "r-fail"]) == 2
+    old = await store.get(session_id)
+    assert old is not None
+    assert (old.status, old.replaced_by) == ("lost", replacement)
+    assert await arq_redis.get(room_claim_key("r-fail")) == replacement.encode()

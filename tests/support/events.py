@@ -15,10 +15,13 @@ def new_event_id() -> str:
     return f"ev-{uuid.uuid4().hex[:12]}"
 
 
-async def send_event(queue: ArqRedis, room: str, metadata: dict[str, Any] | None = None) -> str:
-    """Enqueue a fresh event for `room` with the producer helper; its session id."""
+async def send_event(
+    queue: ArqRedis, room: str, metadata: dict[str, Any] | None = None, **fields: Any
+) -> str:
+    """Enqueue a fresh event for `room` with the producer helper (with the event's other
+    `fields`); its session id."""
     event_id = new_event_id()
     await enqueue_dispatch(
-        queue, DispatchRequest(event_id=event_id, room=room, metadata=metadata or {})
+        queue, DispatchRequest(event_id=event_id, room=room, metadata=metadata or {}, **fields)
     )
     return session_id_for(event_id)
