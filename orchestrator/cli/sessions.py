@@ -263,11 +263,32 @@ async def cmd_session(args: argparse.Namespace, out: Output, redis: ArqRedis) ->
             out.error(f"no {what} (sessions are kept for LKD_SESSION_RETENTION_S)")
         return EXIT_FAILED
     place = await _place(redis, session)
+    chain = await _chain(redis, session)
     if out.json_mode:
-        out.json(_view(session, place))
+        out.json(_view(session, {**place, **chain}))
     else:
-        out.fields(_session_pairs(out, session) + _place_pairs(place))
+        out.fields(
+            _session_pairs(out, session) + _place_pairs(place) + _chain_pairs(s=session, **chain)
+        )
     return EXIT_OK
+
+
+async def _chain(redis: ArqRedis, session: Session) -> dict[str, Any]:
+    """Its event's sessions, first to last, when its agent or an earlier one was replaced."""
+    if not (session.replaces or session.replaced_by):
+        return {}
+    return {"chain": await queries.chain(redis, session)}
+
+
+def _chain_pairs(s: Session, chain: list[str] | None = None) -> list[tuple[str, str]]:
+    if not chain:
+        return []
+    return [
+        ("replaces", s.replaces or ""),
+        ("replaced by", s.replaced_by or ""),
+        ("restart", str(s.restart) if s.restart else ""),
+        ("chain", " -> ".join(chain)),
+    ]
 
 
 async def cmd_sessions(args: argparse.Namespace, out: Output, redis: ArqRedis) -> int:

@@ -18,6 +18,7 @@ from tasks import enqueue_session_report
 from tasks.heartbeat import WorkerRecord, beat_worker
 from tests.http.conftest import TOKEN, Service
 from tests.http.test_api import call, session_in
+from tests.http.test_failover import a_dead_agent_replaced
 from tests.orchestrator.conftest import AGENT
 from tests.orchestrator.test_dispatch import CREATE
 from tests.orchestrator.test_sessions import agent_report
@@ -161,3 +162,25 @@ async def test_the_dashboard_shows_each_agent_names_line(
     await row.wait_for(timeout=WAIT_MS)
     cells = [text.strip() for text in await row.locator("td").all_inner_texts()]
     assert cells == [AGENT, "1", "1", "1"]  # capacity, in use, waiting
+
+
+async def test_the_dashboard_shows_which_session_replaced_which(
+    page: Any,
+    service: Service,
+    client: aiohttp.ClientSession,
+    sim: LiveKitSim,
+    arq_redis: ArqRedis,
+    orchestrator: Worker,
+    agent_worker: AcceptingWorker,
+) -> None:
+    first, second = await a_dead_agent_replaced(client, arq_redis, sim, "evt-ui-died")
+
+    await page.goto(service.url + "/")
+    await page.fill("#token", TOKEN)
+    await page.click("#login-form button[type=submit]")
+    live = page.locator(f'#live tr[data-session-id="{second}"] .chain')
+    await live.wait_for(timeout=WAIT_MS)
+    assert await live.get_attribute("title") == f"replaces {first}: its agent died"
+    report = page.locator(f'#reports tr[data-session-id="{first}"]')
+    await report.wait_for(timeout=WAIT_MS)
+    assert f"replaced by {second}" in await report.inner_text()

@@ -101,7 +101,9 @@ function renderLive(sessions) {
     lastRoom = s.room;
     return el("tr", { "data-session-id": s.session_id, className: first ? "room-start" : "" },
       el("td", { className: "room", title: s.room }, first ? s.room : ""),
-      el("td", { className: "mono", title: s.session_id }, s.session_id),
+      el("td", { className: "mono", title: s.session_id }, s.session_id,
+        s.replaces ? el("span", { className: "chain", title: `replaces ${s.replaces}: its agent died` },
+          ` ↩ replaces ${shortId(s.replaces)}`) : ""),
       el("td", {}, badge(s.status)),
       el("td", {}, s.agent_name || ""),
       el("td", { className: "num" }, age(s.age_s)));
@@ -124,7 +126,7 @@ function renderReports(results) {
     el("td", { className: "room", title: r.room }, r.room),
     el("td", {}, badge(r.status)),
     el("td", { className: "num" }, duration(r.duration_s)),
-    reasonCell(r.error || r.end_reason || ""),
+    reasonCell((r.replaced_by ? `replaced by ${r.replaced_by}: ` : "") + (r.error || r.end_reason || "")),
     el("td", {}, r.source)));
   fillTable("reports", "reports-empty", rows);
 }
