@@ -14,6 +14,7 @@ BENCHMARKS = [
     "bench.reconcile_pass",
     "bench.overview",
     "bench.waiting_line",
+    "bench.failover",
     "bench.chaos",
 ]
 

@@ -10,9 +10,11 @@ flow in (`--events` over `--rooms` at `--rate`/s, a twentieth of them sent twice
 - CreateDispatch answers 503 without effect (6 %), takes effect but its answer is lost as a 503
   (4 %), answers 300 ms late (8 %), or makes a dispatch that no worker is offered (5 %);
 - three of the agent's job processes are SIGKILLed in the middle of their session.
-Then the faults stop and everything settles. The figures are read from outside the product's
-code: the sim's record of job assignments and ends, the results stream (and the stream of
-reports set aside as duplicates), each event's outcome (its arq result).
+A caller (a participant of the sim) stays in half of the rooms, so that an agent killed there
+is replaced (failover) rather than `lost`. Then the faults stop and everything settles. The
+figures are read from outside the product's code: the sim's record of job assignments and
+ends, the results stream (and the stream of reports set aside as duplicates), each event's
+outcome (its arq result).
 
 One line per seed: events sent and without outcome; rooms with two agents at once; sessions,
 reports (by status), duplicates, missing, still live after settling; faults injected by kind.
@@ -84,6 +86,8 @@ class Plan:
     twice: float = 0.05
     worker_kill_every_s: float = 8.0
     job_kills: int = 3
+    caller_rooms: float = 0.5
+    """The share of rooms with a caller in them throughout."""
 
 
 @dataclass
@@ -131,6 +135,9 @@ async def run(plan: Plan, log_dir: Path) -> Figures:
                 agent = supervisor.start("agent", [sys.executable, "-m", "agent", "start"], env)
                 await wait_until(lambda: registered(agent), 60, "the agent worker registered")
                 await wait_until(lambda: polling(queue), 60, "the orchestrator workers polling")
+                for room in range(plan.rooms):
+                    if rng.random() < plan.caller_rooms:
+                        await sim.join_participant(f"room-{plan.seed}-{room}", "caller")
                 faults_on(sim)
                 started = time.monotonic()
                 duration_s = plan.events / plan.rate_per_s

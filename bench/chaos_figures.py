@@ -28,6 +28,8 @@ class Figures:
     sessions: int = 0
     reports: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
+    replaced: int = 0
+    """Sessions whose dead agent was replaced (their `lost` report names the replacement)."""
     duplicates: int = 0
     missing: int = 0
     still_live: int = 0
@@ -55,7 +57,8 @@ class Figures:
         return (
             f"chaos seed={seed}: events {self.events}, without outcome {self.without_outcome} | "
             f"rooms with two agents at once {self.two_agents_rooms} | "
-            f"sessions {self.sessions}, reports {self.reports} ({statuses}), "
+            f"sessions {self.sessions}, reports {self.reports} ({statuses}; replaced "
+            f"{self.replaced}), "
             f"duplicates {self.duplicates}, missing {self.missing}, "
             f"still live {self.still_live} | faults: {faults} | {self.seconds:.0f} s"
         )
@@ -84,6 +87,7 @@ async def measure(sim: LiveKitSim, queue: ArqRedis, sent: set[str]) -> Figures:
     figures.by_status = dict(
         collections.Counter(r.status for found in reports.values() for r in found)
     )
+    figures.replaced = sum(1 for found in reports.values() for r in found if r.replaced_by)
     figures.duplicates = await queue.xlen(keys.DUPLICATE_REPORTS_STREAM) + sum(
         len(found) - 1 for found in reports.values()
     )
