@@ -1,12 +1,14 @@
-"""The LiveKit webhook receiver: signed events that end sessions as soon as LiveKit says the
-room closed (`room_finished`) or the session's agent left it (`participant_left`).
+"""The LiveKit webhook receiver: signed events that say the room closed (`room_finished`) or
+the session's agent left it (`participant_left`).
 
 The webhook decides nothing about reports. For the room's live session it records the time
-LiveKit saw the agent go (`gone_since`, which reconciliation measures the report grace from)
-and asks for the end like a producer would (an `end_session` job: the dispatch is withdrawn,
-and a session no agent ever took is closed at once). The agent's own report still wins if it
-arrives; otherwise reconciliation, the one place that decides a session is `lost`, files that
-report once the grace has passed. Reconciliation stays the safety net for missed webhooks.
+LiveKit saw the agent go (`gone_since`, which reconciliation measures the report grace from).
+A closed room also ends the session, as a producer would ask (an `end_session` job: the
+dispatch is withdrawn, and a session no agent ever took is closed at once). An agent that
+left is no end by itself: it left because its session ended (its report follows), or because
+it died, and then, once the grace has passed with no report and no worker of ours holding
+it, reconciliation hands it to failover (jobs/failover.py), which replaces it if people are
+still in the room. Reconciliation stays the safety net for missed webhooks.
 
 An agent joining a room (`participant_joined`) that is not our live session's agent was
 dispatched by something else (a token naming agents, automatic dispatch): that is said once
@@ -109,6 +111,9 @@ async def handle_event(svc: Service, event: webhook.WebhookEvent) -> str:
     session_id = session.session_id
     if not session.gone_since:
         await svc.store.transition(session_id, LIVE, gone_since=now_ms())
+    if event.event == "participant_left":
+        log.info("session's agent left the room", session_id=session_id, room=room)
+        return "agent_gone"
     if session.status != SessionStatus.ENDING:
         end = EndSessionRequest(session_id=session_id, reason=_ENDS[event.event])
         await enqueue_end_session(svc.redis, end)

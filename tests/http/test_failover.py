@@ -4,7 +4,9 @@ the reports that say which replaced which."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
 import aiohttp
@@ -13,13 +15,17 @@ from arq import ArqRedis
 from arq.worker import Worker
 
 from livekit_sim import LiveKitSim
+from orchestrator.jobs.reconcile import reconcile_sessions
 from orchestrator.settings import Settings
 from tasks import recent_results
 from tasks.heartbeat import note_exit
-from tasks.models import session_id_for
+from tasks.keys import agent_heartbeat_key, room_claim_key
+from tasks.models import JobMetadata, session_id_for
 from tests.cli.conftest import cli_env, run_cli
-from tests.http.test_api import call
+from tests.http.test_api import call, session_in
 from tests.http.test_observe import scrape
+from tests.http.test_webhooks import counted_once_more
+from tests.orchestrator.test_failover import redis_up_for_s
 from tests.support.fake_worker import AcceptingWorker
 from tests.support.waiting import eventually
 
@@ -92,3 +98,41 @@ async def test_the_api_the_cli_and_the_metrics_show_the_chain(
         return found if all(found.get(k) == v for k, v in wanted.items()) else None
 
     await eventually(counted, what="the restart in the metrics")
+
+
+async def test_the_webhook_the_crash_note_and_reconciliation_at_once_make_one_replacement(
+    client: aiohttp.ClientSession,
+    arq_redis: ArqRedis,
+    sim: LiveKitSim,
+    orchestrator: Worker,
+    agent_worker: AcceptingWorker,
+) -> None:
+    room = "room-three-signals"
+    await sim.join_participant(room, "caller")
+    event = {"event_id": "ev-three", "room": room}
+    _, accepted = await call(client, "POST", "/v1/dispatches", event)
+    first = accepted["session_id"]
+    view = await eventually(lambda: session_in(client, first, "assigned"), what="assigned")
+    agent = f"agent-{view['job_id']}"
+    await sim.join_participant(room, agent, kind="agent")
+    # Its heartbeat went silent long ago, so reconciliation too takes the agent for dead.
+    await arq_redis.set(agent_heartbeat_key(first), int(time.time() * 1000) - 60_000)
+    await eventually(lambda: redis_up_for_s(arq_redis, 1), what="Redis up for a second")
+    webhook_seen = await counted_once_more(client, "participant_left", "agent_gone")
+    ctx = {**orchestrator.ctx, "job_id": "reconcile-now", "job_try": 1}
+
+    await asyncio.gather(
+        sim.leave_participant(room, agent),  # LiveKit's webhook: the agent left
+        note_exit(arq_redis, first, view["job_id"]),  # its worker: the job process exited
+        reconcile_sessions(ctx),  # the heartbeat's silence
+    )
+
+    await eventually(webhook_seen, what="the webhook handled")
+    second = session_id_for("ev-three", restart=1)
+    await eventually(lambda: session_in(client, second, "dispatched", "assigned"), what="new")
+    await eventually(lambda: session_in(client, first, "lost"), what="the dead one lost")
+    reports = [e.report for e in await recent_results(arq_redis, 100)]
+    assert [r.replaced_by for r in reports if r.session_id == first] == [second]
+    ours = [d for d in sim.dispatches(room) if d.agent_name]
+    assert [JobMetadata.model_validate_json(d.metadata).session_id for d in ours] == [second]
+    assert (await arq_redis.get(room_claim_key(room))) == second.encode()
