@@ -27,7 +27,8 @@ def _ms_to_dt(value: int | None) -> datetime | None:
 
 
 async def file_report(c: Context, report: SessionReport) -> Filing:
-    """File a terminal report exactly once; another one for the session is kept aside."""
+    """File a terminal report exactly once; an agent's second report for the session is kept
+    aside."""
     filing = await c.store.file_report(report)
     if filing == "same":
         log.info("session report filed already (its job ran again)", session_id=report.session_id)
@@ -42,6 +43,11 @@ async def file_report(c: Context, report: SessionReport) -> Filing:
             source=report.source,
             end_reason=report.end_reason,
         )
+        return filing
+    if report.source == "orchestrator":
+        # A report of our own for a session that has its report (two signals of one death,
+        # or the agent's came first): nothing to keep; a duplicate is an agent's second word.
+        log.info("session has its report already", session_id=report.session_id)
         return filing
     metrics.DUPLICATE_REPORTS.inc()
     await c.redis.xadd(

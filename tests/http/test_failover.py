@@ -19,7 +19,7 @@ from orchestrator.jobs.reconcile import reconcile_sessions
 from orchestrator.settings import Settings
 from tasks import recent_results
 from tasks.heartbeat import note_exit
-from tasks.keys import agent_heartbeat_key, room_claim_key
+from tasks.keys import DUPLICATE_REPORTS_STREAM, agent_heartbeat_key, room_claim_key
 from tasks.models import JobMetadata, session_id_for
 from tests.cli.conftest import cli_env, run_cli
 from tests.http.test_api import call, session_in
@@ -136,3 +136,4 @@ async def test_the_webhook_the_crash_note_and_reconciliation_at_once_make_one_re
     ours = [d for d in sim.dispatches(room) if d.agent_name]
     assert [JobMetadata.model_validate_json(d.metadata).session_id for d in ours] == [second]
     assert (await arq_redis.get(room_claim_key(room))) == second.encode()
+    assert await arq_redis.xlen(DUPLICATE_REPORTS_STREAM) == 0

@@ -26,6 +26,7 @@ from tasks import DispatchRequest, enqueue_dispatch, recent_results
 from tasks.heartbeat import AgentJob, WorkerRecord, beat
 from tasks.keys import (
     AGENT_WORKERS,
+    DUPLICATE_REPORTS_STREAM,
     agent_heartbeat_key,
     agent_worker_key,
     dispatch_job_id,
@@ -110,6 +111,7 @@ async def test_three_signals_of_one_death_at_once_make_one_replacement(
     assert old.replaced_by == new_id
     reports = collections.Counter(e.report.session_id for e in await recent_results(arq_redis, 100))
     assert reports[sid] == 1
+    assert await arq_redis.xlen(DUPLICATE_REPORTS_STREAM) == 0  # the other signals: no-ops
     new = await eventually(lambda: dispatched(arq_redis, new_id), what="the replacement dispatched")
     assert (new.replaces, new.restart, new.event_id, new.room) == (sid, 1, "e-three", room)
     ours = [d for d in sim.dispatches(room) if d.agent_name]
@@ -139,10 +141,16 @@ async def test_an_ended_session_or_an_empty_room_gets_no_replacement(
     await sim.leave_participant("r-left", "caller")
     assert session.job_id is not None
 
-    await agent_exited(ctx_of(orchestrator, "exit"), session.session_id, session.job_id)
+    await asyncio.gather(  # two signals of the death at once
+        agent_exited(ctx_of(orchestrator, "exit"), session.session_id, session.job_id),
+        agent_exited(ctx_of(orchestrator, "exit-again"), session.session_id, session.job_id),
+    )
 
     ended = await store(arq_redis).get(session.session_id)
     assert ended is not None
     assert (ended.status, ended.replaced_by) == ("lost", None)
     assert await store(arq_redis).get(session_id_for("e-left", restart=1)) is None
     assert not await arq_redis.exists(room_claim_key("r-left"))
+    reports = [e.report for e in await recent_results(arq_redis, 100)]
+    assert [r.status for r in reports if r.session_id == session.session_id] == ["lost"]
+    assert await arq_redis.xlen(DUPLICATE_REPORTS_STREAM) == 0
