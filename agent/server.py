@@ -55,10 +55,11 @@ def build_server(settings: AgentSettings) -> AgentServer:
         **options,
     )
     agent_name = settings.effective_agent_name
-    reports = RedisLink(settings.redis_url)
+    # The main process's one connection: the beat's, which it closes when the worker stops.
+    link = RedisLink(settings.redis_url)
 
     async def reported(session_ids: list[str]) -> bool:
-        return await any_report_filed(await reports.get(), session_ids)
+        return await any_report_filed(await link.get(), session_ids)
 
     requests = RequestHandler(server, agent_name, settings.max_sessions, reported)
     server.rtc_session(
@@ -67,7 +68,7 @@ def build_server(settings: AgentSettings) -> AgentServer:
     beat = WorkerBeat(
         server,
         requests,
-        RedisLink(settings.redis_url),
+        link,
         agent_name=agent_name,
         max_sessions=settings.max_sessions,
         interval_s=settings.worker_heartbeat_interval_s,

@@ -9,7 +9,7 @@ flow in (`--events` over `--rooms` at `--rate`/s, a twentieth of them sent twice
 - Redis is SIGKILLed once and started again on the same port and data, 2-5 s later;
 - CreateDispatch answers 503 without effect (6 %), takes effect but its answer is lost as a 503
   (4 %), answers 300 ms late (8 %), or makes a dispatch that no worker is offered (5 %);
-- three of the agent's job processes are SIGKILLed in the middle of their session.
+- six of the agent's job processes are SIGKILLed in the middle of their session.
 A caller (a participant of the sim) stays in half of the rooms, so that an agent killed there
 is replaced (failover) rather than `lost`. Then the faults stop and everything settles. The
 figures are read from outside the product's code: the sim's record of job assignments and
@@ -85,7 +85,7 @@ class Plan:
     rate_per_s: float = 12.0
     twice: float = 0.05
     worker_kill_every_s: float = 8.0
-    job_kills: int = 3
+    job_kills: int = 6
     caller_rooms: float = 0.5
     """The share of rooms with a caller in them throughout."""
 

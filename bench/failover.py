@@ -47,6 +47,7 @@ AGENT_NAME = "failover-agent"
 GREETING_TOPIC = "lkd.greeting"
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_TIMEOUT_S = 10.0  # LKD_AGENT_WORKER_TIMEOUT_S's default
+CREATE = "AgentDispatchService/CreateDispatch"
 
 
 @dataclass
@@ -103,11 +104,21 @@ class AgentWorker:
         return None
 
 
+@dataclass
+class Replaced:
+    """One death's timings (ms from the kill)."""
+
+    dispatched_ms: float
+    """To LiveKit receiving the replacement's CreateDispatch: noticing and deciding."""
+    connected_ms: float
+    """To the new agent connected in the room."""
+
+
 async def one_call(
     sim: LiveKitSim, arrivals: Arrivals, queue: ArqRedis, workers: list[AgentWorker], kill: str
-) -> float:
+) -> Replaced:
     """A call: the agent greets the caller, is killed (`job` or `worker`), and a new agent
-    connects; the ms from the kill to that. The caller then leaves."""
+    connects. The caller then leaves."""
     room = f"call-{uuid.uuid4().hex[:10]}"
     event_id = f"ev-{uuid.uuid4().hex[:12]}"
     await enqueue_dispatch(queue, DispatchRequest(event_id=event_id, room=room))
@@ -125,7 +136,9 @@ async def one_call(
     else:
         runs.kill()
     await wait_until(lambda: arrivals.agents(room) == 2, 60, "a new agent in the room")
-    took_ms = (max(arrivals.at_ns[room].values()) - killed_ns) / 1e6
+    connected_ms = (max(arrivals.at_ns[room].values()) - killed_ns) / 1e6
+    creates = [c.at_ns for c in sim.calls_to(CREATE) if c.room == room and c.at_ns > killed_ns]
+    took = Replaced(dispatched_ms=(min(creates) - killed_ns) / 1e6, connected_ms=connected_ms)
     await wait_until(greeted(sim, room, 2), 30, "the new agent's greeting")
     await sim.leave_participant(room, "caller")
     replacement = session_id_for(event_id, restart=1)
@@ -139,17 +152,24 @@ async def one_call(
         runs.start()
         await wait_until(lambda: len(sim.workers.snapshot()) == len(workers), 60, "restart")
     await asyncio.sleep(0.5)  # the worker brings a warm process back
-    return took_ms
+    return took
+
+
+def show(what: str, values: list[float]) -> None:
+    print(
+        f"    {what}: p50 {percentile(values, 0.5):.0f} ms  p99 {percentile(values, 0.99):.0f} ms"
+        f"  max {max(values):.0f} ms"
+    )
 
 
 def greeted(sim: LiveKitSim, room: str, count: int) -> Callable[[], bool]:
     return lambda: len(sim.texts(room, topic=GREETING_TOPIC)) >= count
 
 
-async def run(job_kills: int, worker_kills: int, log_dir: Path) -> dict[str, list[float]]:
+async def run(job_kills: int, worker_kills: int, log_dir: Path) -> dict[str, list[Replaced]]:
     procs = Procs(log_dir)
     arrivals = Arrivals()
-    found: dict[str, list[float]] = {"job": [], "worker": []}
+    found: dict[str, list[Replaced]] = {"job": [], "worker": []}
     with LocalRedis() as redis_server:
         async with LiveKitSim(
             api_key=API_KEY, api_secret=API_SECRET, departure_timeout_s=1.0
@@ -202,16 +222,17 @@ def main() -> int:
         found = asyncio.run(run(args.job_kills, args.worker_kills, Path(tmp)))
     goals = {"job": 2000.0, "worker": WORKER_TIMEOUT_S * 1000 + 1000}
     names = {"job": "job process SIGKILLed", "worker": "agent worker SIGKILLed"}
-    print("failover: from the kill to the replacement agent connected in the room (a caller in)")
-    for kind, values in found.items():
-        if values:
-            p99 = percentile(values, 0.99)
-            met = "met" if p99 < goals[kind] else "MISSED"
-            print(
-                f"  {names[kind]}, {len(values)} kills: p50 {percentile(values, 0.5):.0f} ms  "
-                f"p99 {p99:.0f} ms  max {max(values):.0f} ms  "
-                f"(goal: p99 under {goals[kind]:.0f} ms: {met})"
-            )
+    print("failover, a caller in each room: from the kill to ...")
+    for kind, found_kind in found.items():
+        if not found_kind:
+            continue
+        connected = [r.connected_ms for r in found_kind]
+        p99 = percentile(connected, 0.99)
+        met = "met" if p99 < goals[kind] else "MISSED"
+        print(f"  {names[kind]}, {len(found_kind)} kills:")
+        show("the replacement's CreateDispatch", [r.dispatched_ms for r in found_kind])
+        show("the replacement agent connected", connected)
+        print(f"    goal: connected p99 under {goals[kind]:.0f} ms: {met}")
     return 0
 
 
