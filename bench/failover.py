@@ -34,12 +34,11 @@ from arq import ArqRedis
 from livekit.protocol import models
 
 from bench.dispatch_latency import Procs, arq_command
-from bench.time_to_agent import percentile, wait_until
+from bench.time_to_agent import agent_env, in_netns, percentile, wait_until
 from livekit_sim import LiveKitSim
 from livekit_sim.rooms import SimRoom
 from orchestrator.demo.local_redis import LocalRedis
 from tasks import DispatchRequest, create_redis, enqueue_dispatch, recent_results, session_id_for
-from tests.media.netns import ADDR_ENV, UNAVAILABLE_ENV
 
 API_KEY = "bench-key"
 API_SECRET = "bench-secret-0123456789-abcdefghijklmnop"
@@ -175,19 +174,7 @@ async def run(job_kills: int, worker_kills: int, log_dir: Path) -> dict[str, lis
             api_key=API_KEY, api_secret=API_SECRET, departure_timeout_s=1.0
         ) as sim:
             sim.room_registry.listeners.append(arrivals)
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("LKD_", "AGENT_"))}
-            env.update(
-                REDIS_URL=redis_server.url,
-                LIVEKIT_URL=sim.url,
-                LIVEKIT_API_KEY=API_KEY,
-                LIVEKIT_API_SECRET=API_SECRET,
-                AGENT_NAME=AGENT_NAME,
-                AGENT_NUM_IDLE_PROCESSES="2",
-                AGENT_COUNT_CPU_LOAD="false",
-                AGENT_HEALTH_HOST="127.0.0.1",
-                AGENT_HEALTH_PORT="0",
-                PYTHONPATH=str(ROOT),
-            )
+            env = agent_env(redis_server.url, sim, AGENT_NAME, AGENT_NUM_IDLE_PROCESSES="2")
             queue = await create_redis(redis_server.url)
             workers = [AgentWorker(f"agent-{i}", env, log_dir) for i in range(2)]
             try:
@@ -211,13 +198,8 @@ def main() -> int:
     parser.add_argument("--job-kills", type=int, default=20)
     parser.add_argument("--worker-kills", type=int, default=5)
     args = parser.parse_args()
-    if os.environ.get(UNAVAILABLE_ENV):
-        print(f"failover: not measured, {os.environ[UNAVAILABLE_ENV]}")
+    if not in_netns("bench.failover", "failover"):
         return 0
-    if not os.environ.get(ADDR_ENV):
-        os.chdir(ROOT)
-        me = [sys.executable, "-m", "bench.failover", *sys.argv[1:]]
-        os.execvp(sys.executable, [sys.executable, "-m", "tests.media.netns", "--", *me])
     with tempfile.TemporaryDirectory(prefix="failover-") as tmp:
         found = asyncio.run(run(args.job_kills, args.worker_kills, Path(tmp)))
     goals = {"job": 2000.0, "worker": WORKER_TIMEOUT_S * 1000 + 1000}

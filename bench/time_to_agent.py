@@ -102,18 +102,8 @@ async def run(sessions: int, idle_processes: int, log_dir: Path) -> list[float]:
             api_key=API_KEY, api_secret=API_SECRET, departure_timeout_s=1.0
         ) as sim:
             sim.room_registry.listeners.append(arrivals)
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("LKD_", "AGENT_"))}
-            env.update(
-                REDIS_URL=redis_server.url,
-                LIVEKIT_URL=sim.url,
-                LIVEKIT_API_KEY=API_KEY,
-                LIVEKIT_API_SECRET=API_SECRET,
-                AGENT_NAME=AGENT_NAME,
-                AGENT_NUM_IDLE_PROCESSES=str(idle_processes),
-                AGENT_COUNT_CPU_LOAD="false",
-                AGENT_HEALTH_HOST="127.0.0.1",
-                AGENT_HEALTH_PORT="0",
-                PYTHONPATH=str(ROOT),
+            env = agent_env(
+                redis_server.url, sim, AGENT_NAME, AGENT_NUM_IDLE_PROCESSES=str(idle_processes)
             )
             queue = await create_redis(redis_server.url)
             try:
@@ -154,18 +144,46 @@ async def measure(
     return latencies_ms
 
 
+def agent_env(redis_url: str, sim: LiveKitSim, agent_name: str, **more: str) -> dict[str, str]:
+    """The environment of a run's orchestrator and agent workers: this one's without any
+    LKD_ or AGENT_ variable, pointed at `redis_url` and `sim`, with `more`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LKD_", "AGENT_"))}
+    env.update(
+        REDIS_URL=redis_url,
+        LIVEKIT_URL=sim.url,
+        LIVEKIT_API_KEY=sim.api_key,
+        LIVEKIT_API_SECRET=sim.api_secret,
+        AGENT_NAME=agent_name,
+        AGENT_COUNT_CPU_LOAD="false",
+        AGENT_HEALTH_HOST="127.0.0.1",
+        AGENT_HEALTH_PORT="0",
+        PYTHONPATH=str(ROOT),
+    )
+    env.update(more)
+    return env
+
+
+def in_netns(module: str, what: str) -> bool:
+    """Whether this run is inside the private network namespace that WebRTC needs: if not,
+    `module` runs again inside it (this process is replaced), or, where namespaces are
+    unavailable, `what` is said not measured and False is returned."""
+    if os.environ.get(UNAVAILABLE_ENV):
+        print(f"{what}: not measured, {os.environ[UNAVAILABLE_ENV]}")
+        return False
+    if not os.environ.get(ADDR_ENV):
+        os.chdir(ROOT)
+        me = [sys.executable, "-m", module, *sys.argv[1:]]
+        os.execvp(sys.executable, [sys.executable, "-m", "tests.media.netns", "--", *me])
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.time_to_agent", description=__doc__)
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--idle-processes", type=int, default=2)
     args = parser.parse_args()
-    if os.environ.get(UNAVAILABLE_ENV):
-        print(f"time to agent: not measured, {os.environ[UNAVAILABLE_ENV]}")
+    if not in_netns("bench.time_to_agent", "time to agent"):
         return 0
-    if not os.environ.get(ADDR_ENV):
-        os.chdir(ROOT)
-        me = [sys.executable, "-m", "bench.time_to_agent", *sys.argv[1:]]
-        os.execvp(sys.executable, [sys.executable, "-m", "tests.media.netns", "--", *me])
     with tempfile.TemporaryDirectory(prefix="time-to-agent-") as tmp:
         latencies = asyncio.run(run(args.sessions, args.idle_processes, Path(tmp)))
     print(

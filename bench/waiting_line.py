@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import collections
 import logging
-import os
 import statistics
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from pathlib import Path
 from arq import ArqRedis
 
 from bench.dispatch_latency import Procs, arq_command
-from bench.time_to_agent import percentile, wait_until
+from bench.time_to_agent import agent_env, percentile, wait_until
 from livekit_sim import LiveKitSim
 from orchestrator.demo.local_redis import LocalRedis
 from orchestrator.store.queries import get_session
@@ -48,7 +47,6 @@ AGENT_NAME = "line-agent"
 WORKERS, MAX_SESSIONS = 2, 3
 CAPACITY = WORKERS * MAX_SESSIONS
 CREATE = "AgentDispatchService/CreateDispatch"
-ROOT = Path(__file__).resolve().parent.parent
 # Today's retries give up after 1 + 2 + 4 s: sessions longer than that leave nothing to retry.
 ASSIGNMENT_CHECK_DELAY_S, ASSIGNMENT_ATTEMPTS = 1.0, 3
 
@@ -119,22 +117,15 @@ async def run(hold_s: float, burst_x: int, log_dir: Path) -> None:
     procs = Procs(log_dir)
     with LocalRedis() as redis_server:
         async with LiveKitSim(api_key=API_KEY, api_secret=API_SECRET) as sim:
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("LKD_", "AGENT_"))}
-            env.update(
-                REDIS_URL=redis_server.url,
-                LIVEKIT_URL=sim.url,
-                LIVEKIT_API_KEY=API_KEY,
-                LIVEKIT_API_SECRET=API_SECRET,
-                AGENT_NAME=AGENT_NAME,
+            env = agent_env(
+                redis_server.url,
+                sim,
+                AGENT_NAME,
                 AGENT_SESSION_HANDLER="bench.handlers:timed",
                 AGENT_MAX_SESSIONS=str(MAX_SESSIONS),
                 AGENT_NUM_IDLE_PROCESSES="1",
-                AGENT_COUNT_CPU_LOAD="false",
-                AGENT_HEALTH_HOST="127.0.0.1",
-                AGENT_HEALTH_PORT="0",
                 LKD_ASSIGNMENT_CHECK_DELAY_S=str(ASSIGNMENT_CHECK_DELAY_S),
                 LKD_ASSIGNMENT_ATTEMPTS=str(ASSIGNMENT_ATTEMPTS),
-                PYTHONPATH=str(ROOT),
             )
             queue = await create_redis(redis_server.url)
             try:

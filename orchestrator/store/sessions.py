@@ -263,16 +263,7 @@ class SessionStore:
         ]
         filed = await self.scripts.run(
             self._file,
-            keys=[
-                keys.report_filed_key(report.session_id),
-                keys.RESULTS_STREAM,
-                keys.session_key(report.session_id),
-                keys.LIVE_SESSIONS,
-                keys.room_claim_key(report.room),
-                keys.session_payload_key(report.session_id),
-                keys.RECONCILE_DUE,
-                keys.session_lease_key(report.session_id),
-            ],
+            keys=_filing_keys(report),
             args=args,
         )
         return _FILINGS[filed]
@@ -291,14 +282,7 @@ class SessionStore:
         answer = await self.scripts.run(
             self._replace,
             keys=[
-                keys.report_filed_key(report.session_id),
-                keys.RESULTS_STREAM,
-                keys.session_key(report.session_id),
-                keys.LIVE_SESSIONS,
-                keys.room_claim_key(report.room),
-                keys.session_payload_key(report.session_id),
-                keys.RECONCILE_DUE,
-                keys.session_lease_key(report.session_id),
+                *_filing_keys(report),
                 keys.session_key(new_id),
                 keys.session_payload_key(new_id),
                 keys.event_key(report.event_id),
@@ -466,6 +450,21 @@ class Replacement:
     """Its number in the event's chain of replacements (1 for the first)."""
     restarts: list[int]
     """When the chain's sessions were replaced (unix ms), this one included."""
+
+
+def _filing_keys(report: SessionReport) -> list[str]:
+    """The keys that filing `report` touches (FILE_REPORT's, and REPLACE's first)."""
+    sid = report.session_id
+    return [
+        keys.report_filed_key(sid),
+        keys.RESULTS_STREAM,
+        keys.session_key(sid),
+        keys.LIVE_SESSIONS,
+        keys.room_claim_key(report.room),
+        keys.session_payload_key(sid),
+        keys.RECONCILE_DUE,
+        keys.session_lease_key(sid),
+    ]
 
 
 def _filed(report: SessionReport) -> tuple[str, str, list[Any]]:
