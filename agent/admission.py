@@ -106,6 +106,8 @@ class RequestHandler:
         to be started."""
         self._accepted: dict[str, str] = {}
         """Session id → job id of the jobs accepted since `take_accepted` last ran."""
+        self.on_accept: Callable[[], None] = lambda: None
+        """Called as a job is accepted (the worker's beat then names it at once)."""
 
     def starting_sessions(self) -> list[str]:
         """Session ids of the jobs accepted and not yet running in a process."""
@@ -199,6 +201,7 @@ class RequestHandler:
         self._starting[request.id] = (room, session_id)
         if session_id:
             self._accepted[session_id] = request.id
+        self.on_accept()
         try:
             await request.accept(name=self._agent_name, identity=identity, attributes=attributes)
         except Exception as exc:  # e.g. AssignmentTimeoutError: the answer itself was sent

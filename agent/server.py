@@ -75,6 +75,7 @@ def build_server(settings: AgentSettings) -> AgentServer:
         permissions=settings.permissions,
         full=load.full,
     )
+    requests.on_accept = beat.wake
     log = get_logger(agent_name=agent_name, instance=beat.instance)
 
     def _started() -> None:

@@ -86,6 +86,11 @@ class WorkerBeat:
             full=self._full(),
         )
 
+    def wake(self) -> None:
+        """Beat now: a job was accepted, and should this worker die, its record must name
+        the session (failover: orchestrator.jobs.fleet)."""
+        self._wake.set()
+
     def registered(self, worker_id: str) -> None:
         """LiveKit registered the worker: beat now, so that its slots count at once."""
         self.worker_id = worker_id
@@ -115,11 +120,7 @@ class WorkerBeat:
             try:
                 now = self.held_jobs()
                 # Jobs accepted since the last look count as seen, however short they lived.
-                accepted = self._handler.take_accepted()
-                if accepted:
-                    # Beat now: should this worker die, its record names what it held.
-                    self._wake.set()
-                seen = {**before, **accepted}
+                seen = {**before, **self._handler.take_accepted()}
                 for session_id, job_id in seen.items():
                     if now.get(session_id) != job_id:
                         await self._exited(session_id, job_id)
@@ -159,6 +160,7 @@ class WorkerBeat:
         log = get_logger(instance=self.instance)
         failing = False
         while True:
+            self._wake.clear()  # this beat answers every wake so far
             try:
                 redis = await asyncio.wait_for(self._link.get(), self._interval_s)
                 record = self.record()
@@ -176,4 +178,3 @@ class WorkerBeat:
                 failing = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval_s)
-            self._wake.clear()
