@@ -52,6 +52,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
+def media_agent_env(sim: LiveKitSim, redis_url: str, agent_name: str) -> dict[str, str]:
+    """The variables of a real agent worker (the default handler) in the media tests."""
+    return {
+        "LIVEKIT_URL": sim.url,
+        "LIVEKIT_API_KEY": API_KEY,
+        "LIVEKIT_API_SECRET": API_SECRET,
+        "AGENT_NAME": agent_name,
+        "REDIS_URL": redis_url,
+        "AGENT_HEALTH_HOST": "127.0.0.1",
+        "AGENT_HEALTH_PORT": "0",
+        "AGENT_NUM_IDLE_PROCESSES": "1",
+        "AGENT_COUNT_CPU_LOAD": "false",  # the machine's CPU must not make tests flaky
+        "AGENT_HEARTBEAT_INTERVAL_S": "0.5",
+        "AGENT_WORKER_HEARTBEAT_INTERVAL_S": "0.5",
+    }
+
+
 def sdk_token(
     identity: str,
     room: str,

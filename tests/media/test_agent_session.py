@@ -30,7 +30,7 @@ from tasks import (
     recent_results,
 )
 from tests.agent.worker_process import AgentWorker
-from tests.media.conftest import API_KEY, API_SECRET, CALLER_WAV
+from tests.media.conftest import API_KEY, API_SECRET, CALLER_WAV, media_agent_env
 from tests.support.events import send_event
 from tests.support.http_service import running_service
 from tests.support.orchestrator_worker import running_orchestrator, settings_for
@@ -76,18 +76,7 @@ async def agent(
     agent_name: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[AgentWorker]:
-    env = {
-        "LIVEKIT_URL": sim.url,
-        "LIVEKIT_API_KEY": API_KEY,
-        "LIVEKIT_API_SECRET": API_SECRET,
-        "AGENT_NAME": agent_name,
-        "REDIS_URL": redis_server.url,
-        "AGENT_HEALTH_HOST": "127.0.0.1",
-        "AGENT_HEALTH_PORT": "0",
-        "AGENT_NUM_IDLE_PROCESSES": "1",
-        "AGENT_COUNT_CPU_LOAD": "false",  # the machine's CPU must not make tests flaky
-        "AGENT_HEARTBEAT_INTERVAL_S": "0.5",
-    }
+    env = media_agent_env(sim, redis_server.url, agent_name)
     log_path: Path = tmp_path_factory.mktemp("media-agent") / "worker.log"
     worker = AgentWorker(env, log_path).start()
     try:

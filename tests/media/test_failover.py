@@ -24,7 +24,7 @@ from orchestrator.demo.local_redis import LocalRedis
 from tasks import create_redis
 from tasks.heartbeat import worker_records
 from tests.agent.worker_process import AgentWorker
-from tests.media.conftest import API_KEY, API_SECRET
+from tests.media.conftest import media_agent_env
 from tests.media.test_agent_session import GREETING_TOPIC, report_of
 from tests.support.claims import ClaimWatch
 from tests.support.events import send_event
@@ -75,19 +75,7 @@ async def agents(
     agent_name: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[list[AgentWorker]]:
-    env = {
-        "LIVEKIT_URL": sim.url,
-        "LIVEKIT_API_KEY": API_KEY,
-        "LIVEKIT_API_SECRET": API_SECRET,
-        "AGENT_NAME": agent_name,
-        "REDIS_URL": redis_server.url,
-        "AGENT_HEALTH_HOST": "127.0.0.1",
-        "AGENT_HEALTH_PORT": "0",
-        "AGENT_NUM_IDLE_PROCESSES": "1",
-        "AGENT_COUNT_CPU_LOAD": "false",
-        "AGENT_HEARTBEAT_INTERVAL_S": "0.5",
-        "AGENT_WORKER_HEARTBEAT_INTERVAL_S": "0.5",
-    }
+    env = media_agent_env(sim, redis_server.url, agent_name)
     logs = tmp_path_factory.mktemp("failover-agents")
     pair = [AgentWorker(env, logs / f"worker-{i}.log").start() for i in range(2)]
     try:
