@@ -49,6 +49,7 @@ class SessionContext:
     outputs: dict[str, Any] = field(default_factory=dict)
     """Copied into the report's `outputs` (JSON values, at most 256 kB)."""
     saver: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+    """Where `checkpoint()` keeps a checkpoint (the agent's session sets it)."""
 
     @property
     def payload(self) -> dict[str, Any]:
