@@ -187,9 +187,14 @@ async def beat_worker(redis: Redis, record: WorkerRecord, *, grew: bool = False)
 
 async def leave_fleet(redis: Redis, record: WorkerRecord) -> None:
     """A worker that stops takes its slots with it at once (a killed one, when its beat
-    lapses)."""
-    if record.agent_name:
-        await redis.hdel(fleet_key(record.agent_name), record.instance)  # type: ignore[misc]
+    lapses); one that holds no session any more also leaves the list of workers, so that its
+    beat's silence is no death to look into (orchestrator.jobs.fleet)."""
+    async with redis.pipeline(transaction=True) as pipe:
+        if record.agent_name:
+            pipe.hdel(fleet_key(record.agent_name), record.instance)
+        if not record.sessions:
+            pipe.zrem(AGENT_WORKERS, record.instance)
+        await pipe.execute()
 
 
 async def worker_records(redis: Redis, since_ms: int) -> list[WorkerRecord]:

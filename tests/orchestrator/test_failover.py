@@ -15,22 +15,26 @@ from arq import ArqRedis
 from arq.worker import Worker
 
 from livekit_sim import LiveKitSim
+from orchestrator.jobs.context import of
 from orchestrator.jobs.exits import agent_exited
-from orchestrator.jobs.fleet import worker_gone
+from orchestrator.jobs.fleet import WorkerWatch, worker_gone
 from orchestrator.jobs.reconcile import reconcile_sessions
 from orchestrator.settings import Settings
 from orchestrator.store import queries
 from orchestrator.store.record import Session
 from orchestrator.store.sessions import SessionStore
 from tasks import DispatchRequest, enqueue_dispatch, recent_results
-from tasks.heartbeat import AgentJob, WorkerRecord, beat
+from tasks.heartbeat import AgentJob, WorkerRecord, beat, beat_worker, leave_fleet
 from tasks.keys import (
     AGENT_WORKERS,
+    ARQ_JOB_PREFIX,
+    ARQ_RESULT_PREFIX,
     DUPLICATE_REPORTS_STREAM,
     agent_heartbeat_key,
     agent_worker_key,
     dispatch_job_id,
     room_claim_key,
+    worker_gone_job_id,
 )
 from tasks.models import JobMetadata, session_id_for
 from tests.orchestrator.conftest import RunWorker
@@ -154,3 +158,22 @@ async def test_an_ended_session_or_an_empty_room_gets_no_replacement(
     reports = [e.report for e in await recent_results(arq_redis, 100)]
     assert [r.status for r in reports if r.session_id == session.session_id] == ["lost"]
     assert await arq_redis.xlen(DUPLICATE_REPORTS_STREAM) == 0
+
+
+async def test_a_silent_worker_is_looked_into_once_and_one_that_stopped_cleanly_not_at_all(
+    arq_redis: ArqRedis, settings: Settings, run_worker: RunWorker
+) -> None:
+    worker = await run_worker(settings.model_copy(update={"agent_worker_timeout_s": 0.3}))
+    watch = WorkerWatch(of(worker.ctx))
+    holding = WorkerRecord("AI_holding", "support-agent", "AW_1", 2, {"S_held": "running"})
+    idle = WorkerRecord("AI_idle", "support-agent", "AW_2", 2, {})
+    for record in (holding, idle):
+        await beat_worker(arq_redis, record)
+        await leave_fleet(arq_redis, record)  # both stop; one still held a session
+
+    assert await arq_redis.zscore(AGENT_WORKERS, idle.instance) is None  # it left the list
+    assert await eventually(watch.look, what="the silent worker handed on") == 1
+    assert await watch.look() == 0  # handed on once
+    last_beat = int(await arq_redis.zscore(AGENT_WORKERS, holding.instance))
+    job = worker_gone_job_id(holding.instance, last_beat)
+    assert await arq_redis.exists(ARQ_JOB_PREFIX + job, ARQ_RESULT_PREFIX + job)
