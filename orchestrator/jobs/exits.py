@@ -10,9 +10,11 @@ from typing import Any
 
 import structlog
 
+from orchestrator.errors import LiveKitError
 from orchestrator.jobs.context import of
 from orchestrator.jobs.failover import agent_died
 from orchestrator.jobs.rejections import reject
+from orchestrator.jobs.retries import retry_or_reason
 from tasks import heartbeat
 
 log = structlog.get_logger("orchestrator.jobs.exits")
@@ -31,10 +33,21 @@ async def agent_exited(ctx: dict[str, Any], session_id: Any, job_id: Any) -> dic
         # Not known to have run the session (a job that died before its first heartbeat, or
         # one of an earlier dispatch): the assignment check and reconciliation look after it.
         return {"outcome": "moot"}
-    outcome = await agent_died(
-        c,
-        session,
-        "its job process exited without a report (killed, out of memory, or crashed); "
-        "its agent worker said so at once",
-    )
+    try:
+        outcome = await agent_died(
+            c,
+            session,
+            "its job process exited without a report (killed, out of memory, or crashed); "
+            "its agent worker said so at once",
+        )
+    except LiveKitError as exc:
+        return deferred(ctx, session_id, exc)
     return {"outcome": outcome or "reported"}
+
+
+def deferred(ctx: dict[str, Any], session_id: str, exc: LiveKitError) -> dict[str, Any]:
+    """LiveKit failed a step of the failover: tried again while the error may pass (arq's
+    Retry), else left to reconciliation, which looks at the session again."""
+    reason = retry_or_reason(ctx, exc)
+    log.warning("failover left to reconciliation", session_id=session_id, error=reason)
+    return {"outcome": "deferred", "reason": reason}

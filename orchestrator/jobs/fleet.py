@@ -19,7 +19,9 @@ import structlog
 from arq import Retry
 from redis.exceptions import RedisError
 
+from orchestrator.errors import LiveKitError
 from orchestrator.jobs.context import Context, of
+from orchestrator.jobs.exits import deferred
 from orchestrator.jobs.failover import agent_died
 from orchestrator.jobs.rejections import reject
 from orchestrator.store.connections import UNREACHABLE
@@ -70,13 +72,16 @@ async def worker_gone(ctx: dict[str, Any], instance: Any, last_beat_ms: Any) -> 
     for session, _ in await c.store.read_live(list(record.sessions)):
         if session is None or not session.live or session.session_id in held:
             continue
-        outcome = await agent_died(
-            c,
-            session,
-            f"its agent worker stopped beating {round(silent_ms / 1000, 1)} s ago "
-            f"(LKD_AGENT_WORKER_TIMEOUT_S={c.settings.agent_worker_timeout_s:g}): the worker "
-            "or its machine is gone",
-        )
+        try:
+            outcome: str | None = await agent_died(
+                c,
+                session,
+                f"its agent worker stopped beating {round(silent_ms / 1000, 1)} s ago "
+                f"(LKD_AGENT_WORKER_TIMEOUT_S={c.settings.agent_worker_timeout_s:g}): the "
+                "worker or its machine is gone",
+            )
+        except LiveKitError as exc:  # the sessions done so far are not looked at again
+            outcome = deferred(ctx, session.session_id, exc)["outcome"]
         if outcome:
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
     if outcomes:

@@ -24,7 +24,7 @@ from orchestrator.store import queries
 from orchestrator.store.record import Session
 from orchestrator.store.sessions import SessionStore
 from tasks import DispatchRequest, enqueue_dispatch, recent_results
-from tasks.heartbeat import AgentJob, WorkerRecord, beat, beat_worker, leave_fleet
+from tasks.heartbeat import AgentJob, WorkerRecord, beat, beat_worker, leave_fleet, note_exit
 from tasks.keys import (
     AGENT_WORKERS,
     ARQ_JOB_PREFIX,
@@ -44,6 +44,8 @@ from tests.support.fake_worker import AcceptingWorker
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
+
+PARTICIPANTS = "RoomService/ListParticipants"
 
 
 def store(redis: ArqRedis) -> SessionStore:
@@ -177,3 +179,25 @@ async def test_a_silent_worker_is_looked_into_once_and_one_that_stopped_cleanly_
     last_beat = int(await arq_redis.zscore(AGENT_WORKERS, holding.instance))
     job = worker_gone_job_id(holding.instance, last_beat)
     assert await arq_redis.exists(ARQ_JOB_PREFIX + job, ARQ_RESULT_PREFIX + job)
+
+
+async def test_a_livekit_error_in_the_middle_of_a_failover_is_tried_again(
+    sim: LiveKitSim,
+    arq_redis: ArqRedis,
+    settings: Settings,
+    run_worker: RunWorker,
+    agent_worker: AcceptingWorker,
+) -> None:
+    # A grace far past the test's patience: only the crash note's job, tried again, acts.
+    await run_worker(settings.model_copy(update={"report_grace_s": 120.0}))
+    session = await running_session(sim, arq_redis, agent_worker, "e-flaky", "r-flaky")
+    assert session.job_id is not None
+    sim.faults.set(PARTICIPANTS, error_rate=1.0, error_code="unavailable")
+
+    await note_exit(arq_redis, session.session_id, session.job_id)  # through the queue
+    await eventually(lambda: sim.calls_to(PARTICIPANTS), what="LiveKit asked, and failing")
+    sim.faults.clear()
+
+    new_id = session_id_for("e-flaky", restart=1)
+    new = await eventually(lambda: dispatched(arq_redis, new_id), what="replaced after all")
+    assert new.replaces == session.session_id
