@@ -218,8 +218,11 @@ class RoomRegistry:
         sim_room.dispatches[dispatch.id] = dispatch
         self._launch(sim_room, dispatch, agent.JobType.JT_ROOM, None, offered=offer_room_job)
         for participant in sim_room.participants.values():
-            if not is_dependent(participant):
-                self._launch(sim_room, dispatch, agent.JobType.JT_PARTICIPANT, participant)
+            if is_dependent(participant):
+                continue
+            if participant.is_publisher:  # as the real server's AddAgentDispatch does
+                self._launch(sim_room, dispatch, agent.JobType.JT_PUBLISHER, participant)
+            self._launch(sim_room, dispatch, agent.JobType.JT_PARTICIPANT, participant)
         return dispatch
 
     # -- participants ----------------------------------------------------------------------

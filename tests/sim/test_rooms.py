@@ -161,11 +161,15 @@ async def test_jobs_for_room_and_each_non_agent_participant(
     lkapi: api.LiveKitAPI, sim: LiveKitSim, workers: FakeWorkers
 ) -> None:
     await sim.join_participant("r6", "caller")
+    await sim.join_participant("r6", "speaker", audio=True)
     await sim.join_participant("r6", "other-agent", kind="agent")
     await sim.settle()
-    # The default dispatch (agent_name "") at room creation, JT_PARTICIPANT for the caller.
+    # The default dispatch (agent_name "") at room creation, JT_PARTICIPANT for the caller
+    # and the speaker, and JT_PUBLISHER for the speaker's first track.
     assert sorted((j.agent_name, j.type) for j in workers.requests) == [
         ("", agent.JobType.JT_ROOM),
+        ("", agent.JobType.JT_PUBLISHER),
+        ("", agent.JobType.JT_PARTICIPANT),
         ("", agent.JobType.JT_PARTICIPANT),
     ]
     workers.requests.clear()
@@ -173,15 +177,18 @@ async def test_jobs_for_room_and_each_non_agent_participant(
         api.CreateAgentDispatchRequest(agent_name="support", room="r6", metadata="m")
     )
     await sim.settle()
+    # CreateDispatch in a room with people: a job for each, and one more for each publisher.
     assert sorted((j.type, j.participant.identity) for j in workers.requests) == [
         (agent.JobType.JT_ROOM, ""),
+        (agent.JobType.JT_PUBLISHER, "speaker"),
         (agent.JobType.JT_PARTICIPANT, "caller"),
+        (agent.JobType.JT_PARTICIPANT, "speaker"),
     ]
     assert all(j.dispatch_id == dispatch.id and j.metadata == "m" for j in workers.requests)
     assert all(j.id.startswith("AJ_") and j.room.name == "r6" for j in workers.requests)
     listed = await lkapi.agent_dispatch.get_dispatch(dispatch.id, "r6")
     assert listed is not None
-    assert len(listed.state.jobs) == 2
+    assert len(listed.state.jobs) == 4
     assert {j.state.status for j in listed.state.jobs} == {agent.JobStatus.JS_RUNNING}
 
 
