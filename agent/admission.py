@@ -12,9 +12,10 @@ from collections.abc import Awaitable, Callable
 
 from livekit.agents import AgentServer, JobRequest
 from livekit.agents.utils.hw import get_cpu_monitor
+from livekit.protocol.agent import JobType
 
 from agent.log import get_logger
-from agent.metadata import salvage_ids
+from agent.metadata import job_session_id
 from agent.redis_link import REDIS_ERRORS
 from agent.settings import AgentSettings
 
@@ -130,7 +131,7 @@ class RequestHandler:
     def _running_in(self, room: str) -> list[str]:
         """Session ids of this worker's jobs in `room`, starting or running."""
         running = [
-            salvage_ids(info.job.metadata).session_id or info.job.id
+            job_session_id(info.job) or info.job.id
             for info in self._server.active_jobs
             if info.job.room.name == room
         ]
@@ -149,7 +150,7 @@ class RequestHandler:
         return []
 
     def _held_sessions(self) -> list[str]:
-        running = [salvage_ids(info.job.metadata).session_id for info in self._server.active_jobs]
+        running = [job_session_id(info.job) for info in self._server.active_jobs]
         return [sid for sid in running if sid] + self.starting_sessions()
 
     async def _winding_down(self) -> bool:
@@ -175,9 +176,11 @@ class RequestHandler:
 
     async def __call__(self, request: JobRequest) -> None:
         room = request.room.name
-        session_id = salvage_ids(request.job.metadata).session_id
+        session_id = job_session_id(request.job)
         log = get_logger(room=room, job_id=request.id, session_id=session_id)
-        if running := await self._room_taken(room, session_id):
+        # A job per publisher shares its room with the others of its dispatch.
+        one_per_room = request.job.type != JobType.JT_PUBLISHER
+        if one_per_room and (running := await self._room_taken(room, session_id)):
             log.warning(
                 "rejecting the job: this worker already runs a session in its room",
                 running_sessions=running,

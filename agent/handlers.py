@@ -50,6 +50,9 @@ class SessionContext:
     """Copied into the report's `outputs` (JSON values, at most 256 kB)."""
     saver: Callable[[dict[str, Any]], Awaitable[None]] | None = None
     """Where `checkpoint()` keeps a checkpoint (the agent's session sets it)."""
+    publisher: str | None = None
+    """With AGENT_JOB_TYPE=publisher: the identity of the participant this job is for (the
+    session is then a part of the event's: `metadata.session_id` names that one)."""
 
     @property
     def payload(self) -> dict[str, Any]:

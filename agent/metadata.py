@@ -10,10 +10,12 @@ import json
 import re
 from dataclasses import dataclass
 
+from livekit.protocol.agent import Job, JobType
 from pydantic import ValidationError
 
 from agent.errors import InvalidMetadataError
 from tasks.models import JobMetadata
+from tasks.parts import part_id
 from tasks.validation import problems
 
 MAX_ID_CHARS = 200
@@ -61,6 +63,15 @@ def salvage_ids(raw: str) -> SalvagedIds:
     if not isinstance(data, dict):
         return SalvagedIds()
     return SalvagedIds(_safe_id(data.get("session_id")), _safe_id(data.get("event_id")))
+
+
+def job_session_id(job: Job) -> str | None:
+    """The session a LiveKit job runs: the one its metadata names or, for a job per publisher
+    (JT_PUBLISHER, AGENT_JOB_TYPE=publisher), that session's part for this job."""
+    session_id = salvage_ids(job.metadata).session_id
+    if session_id and job.type == JobType.JT_PUBLISHER:
+        return part_id(session_id, job.id)
+    return session_id
 
 
 def _safe_id(value: object) -> str | None:

@@ -45,6 +45,8 @@ def build_report(
     participants: Sequence[ParticipantRecord],
     outputs: Mapping[str, Any],
     replaces: str | None = None,
+    part_of: str | None = None,
+    publisher: str | None = None,
 ) -> SessionReport:
     return SessionReport(
         session_id=session_id,
@@ -64,6 +66,8 @@ def build_report(
         outputs=json_outputs(outputs),
         source="agent",
         replaces=replaces,
+        part_of=part_of,
+        publisher=publisher or None,
     )
 
 

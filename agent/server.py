@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from livekit.agents import AgentServer, WorkerPermissions
+from livekit.agents import AgentServer, WorkerPermissions, WorkerType
 from livekit.protocol.models import ServerInfo
 
 from agent.admission import RequestHandler, SessionLoad
@@ -63,7 +63,11 @@ def build_server(settings: AgentSettings) -> AgentServer:
 
     requests = RequestHandler(server, agent_name, settings.max_sessions, reported)
     server.rtc_session(
-        entrypoint, agent_name=agent_name, on_request=requests, on_session_end=on_session_end
+        entrypoint,
+        agent_name=agent_name,
+        type=WorkerType.PUBLISHER if settings.job_type == "publisher" else WorkerType.ROOM,
+        on_request=requests,
+        on_session_end=on_session_end,
     )
     beat = WorkerBeat(
         server,
@@ -74,6 +78,7 @@ def build_server(settings: AgentSettings) -> AgentServer:
         interval_s=settings.worker_heartbeat_interval_s,
         permissions=settings.permissions,
         full=load.full,
+        job_type=settings.job_type,
     )
     requests.on_accept = beat.wake
     log = get_logger(agent_name=agent_name, instance=beat.instance)

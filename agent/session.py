@@ -19,19 +19,21 @@ from typing import Any, Literal
 import structlog
 from livekit import api, rtc
 from livekit.agents import JobContext, JobProcess
+from livekit.protocol.agent import JobType
 
 from agent.errors import HandlerLoadError, InvalidMetadataError, ReportWriteError
 from agent.handlers import SessionContext, SessionHandler, load_handler
 from agent.log import configure as configure_logging
 from agent.log import get_logger
-from agent.metadata import parse_job_metadata, salvage_ids
+from agent.metadata import job_session_id, parse_job_metadata, salvage_ids
 from agent.participants import ParticipantTracker
-from agent.redis_link import Heartbeat, RedisLink
+from agent.redis_link import REDIS_ERRORS, Heartbeat, RedisLink
 from agent.report import ReportWriter, build_report
 from agent.settings import AgentSettings, load_settings
 from tasks.checkpoints import save_checkpoint
 from tasks.heartbeat import AgentJob
 from tasks.models import JobMetadata, SessionReport
+from tasks.parts import open_part
 
 JOIN_CHECK_INTERVAL_S = 0.1
 FIRST_BEAT_TIMEOUT_S = 2.0
@@ -79,9 +81,13 @@ class Session:
         self.metadata = metadata
         self.started_at = datetime.now(UTC)
         salvaged = salvage_ids(ctx.job.metadata)
-        self.session_id = (
-            metadata.session_id if metadata else salvaged.session_id or f"unknown:{ctx.job.id}"
-        )
+        self.session_id = job_session_id(ctx.job) or f"unknown:{ctx.job.id}"
+        self.part_of: str | None = None
+        """A job per publisher: the event's session it is a part of (tasks.parts)."""
+        self.publisher: str | None = None
+        if ctx.job.type == JobType.JT_PUBLISHER:
+            self.part_of = metadata.session_id if metadata else salvaged.session_id
+            self.publisher = ctx.job.participant.identity
         self.event_id = metadata.event_id if metadata else salvaged.event_id or ""
         self.outputs: dict[str, Any] = {}
         self.participants = ParticipantTracker()
@@ -132,6 +138,8 @@ class Session:
             self.log.error("session handler not available; ending the session", error=str(handler))
             self.end_now("failed", "session handler not available", str(handler))
             return
+        if self.part_of is not None:
+            await self._open_part(self.part_of)
         await self.heartbeat.start(FIRST_BEAT_TIMEOUT_S)
         self.log.info(
             "session started",
@@ -148,6 +156,7 @@ class Session:
             log=self.log,
             outputs=self.outputs,
             saver=self.save_checkpoint,
+            publisher=self.publisher,
         )
         self.handler_task = asyncio.create_task(self._run_handler(handler, context))
         # livekit-agents waits up to 15 s for the entrypoint when the session is ended from
@@ -168,6 +177,28 @@ class Session:
             self.settle("completed", ended)
         assert self.outcome is not None
         self.ctx.shutdown(self.outcome.end_reason)
+
+    async def _open_part(self, session_id: str) -> None:
+        """Make this part's record, so that the orchestrator accounts for it as for any
+        session (should it die, it is `lost`); Redis away: its report still comes."""
+        assert self.metadata is not None
+        job = self.ctx.job
+        try:
+            await asyncio.wait_for(
+                open_part(
+                    await self.link.get(),
+                    self.session_id,
+                    session_id=session_id,
+                    event_id=self.event_id,
+                    room=job.room.name,
+                    agent_name=job.agent_name,
+                    job=AgentJob(job.dispatch_id, job.id, self.ctx.worker_id),
+                    publisher=self.publisher or "",
+                ),
+                FIRST_BEAT_TIMEOUT_S,
+            )
+        except (TimeoutError, *REDIS_ERRORS) as exc:
+            self.log.warning("part session not recorded", error=type(exc).__name__)
 
     async def save_checkpoint(self, data: dict[str, Any]) -> None:
         await save_checkpoint(await self.link.get(), self.session_id, data)
@@ -213,6 +244,8 @@ class Session:
                 participants=self.participants.records(),
                 outputs=self.outputs,
                 replaces=resume.previous_session_id if resume else None,
+                part_of=self.part_of,
+                publisher=self.publisher,
             )
         return self.report
 

@@ -8,6 +8,8 @@ unit in the name.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -46,6 +48,10 @@ class AgentSettings(BaseSettings):
     )
     """livekit-agents' own override of the agent name (set by LiveKit tooling); wins."""
 
+    job_type: Literal["room", "publisher"] = "room"
+    """`room`: one job per dispatch, the session's agent. `publisher`: LiveKit starts one job
+    per participant that publishes in the dispatch's room; each is a part of the event's
+    session, with its own report (README, "One agent per publisher")."""
     max_sessions: int = Field(10, ge=1)
     """Sessions one worker runs at once; its request handler declines the rest."""
     load_threshold: float = Field(0.7, gt=0.0, le=1.0)

@@ -26,9 +26,16 @@ from livekit.agents import AgentServer
 
 from agent.admission import RequestHandler
 from agent.log import get_logger
-from agent.metadata import salvage_ids
+from agent.metadata import job_session_id
 from agent.redis_link import REDIS_ERRORS, RedisLink
-from tasks.heartbeat import SessionHold, WorkerRecord, beat_worker, leave_fleet, note_exit
+from tasks.heartbeat import (
+    JobType,
+    SessionHold,
+    WorkerRecord,
+    beat_worker,
+    leave_fleet,
+    note_exit,
+)
 
 LEAVE_TIMEOUT_S = 1.0
 EXIT_WATCH_INTERVAL_S = 0.1
@@ -49,6 +56,7 @@ class WorkerBeat:
         interval_s: float,
         permissions: dict[str, bool] | None = None,
         full: Callable[[], bool] = lambda: False,
+        job_type: JobType = "room",
     ) -> None:
         self._server = server
         self._handler = handler
@@ -59,6 +67,7 @@ class WorkerBeat:
         self._max_sessions = max_sessions
         self._permissions = dict(permissions or {})
         self._full = full
+        self._job_type: JobType = job_type
         self._offered = 0
         """The slots it offered at its last beat that reached Redis."""
         self._wake = asyncio.Event()
@@ -70,7 +79,7 @@ class WorkerBeat:
         """What the worker holds now: starting (accepted, no process yet) or running."""
         held: dict[str, SessionHold] = dict.fromkeys(self._handler.starting_sessions(), "starting")
         for info in self._server.active_jobs:
-            session_id = salvage_ids(info.job.metadata).session_id
+            session_id = job_session_id(info.job)
             if session_id:
                 held[session_id] = "running"
         return held
@@ -84,6 +93,7 @@ class WorkerBeat:
             sessions=self.sessions(),
             permissions=self._permissions,
             full=self._full(),
+            job_type=self._job_type,
         )
 
     def wake(self) -> None:
@@ -108,7 +118,7 @@ class WorkerBeat:
         running in a job process (a job can start and die between two looks)."""
         running = self._handler.starting_jobs()
         for info in self._server.active_jobs:
-            session_id = salvage_ids(info.job.metadata).session_id
+            session_id = job_session_id(info.job)
             if session_id:
                 running[session_id] = info.job.id
         return running

@@ -244,6 +244,7 @@ async def agent_workers_check(redis: Redis, timeout_s: float) -> Check:
                 for key, word in _OPTION_WORDS.items()
                 if r.permissions.get(key, DEFAULT_PERMISSIONS[key]) != DEFAULT_PERMISSIONS[key]
             }
+            | {"a job per publisher" for r in group if r.job_type == "publisher"}
         )
         shown = f"; {', '.join(options)}" if options else ""
         parts.append(
@@ -330,7 +331,11 @@ def skew_check(clock: LiveKitClock) -> Check:
     )
 
 
-async def livekit_checks(settings: Settings, *, agent_timeout_s: float, probe: bool) -> list[Check]:
+async def livekit_checks(
+    settings: Settings, *, agent_timeout_s: float, probe: bool, no_probe_because: str = ""
+) -> list[Check]:
+    """LiveKit's checks; the agent probe (a test dispatch) unless `probe` is off or
+    `no_probe_because` says why it would tell nothing."""
     url = settings.http_livekit_url
     try:
         clock = await read_livekit_clock(url, settings.livekit_timeout_s)
@@ -369,10 +374,12 @@ async def livekit_checks(settings: Settings, *, agent_timeout_s: float, probe: b
             Check("livekit credentials", "ok", f"key {settings.livekit_api_key!r} accepted")
         )
         checks.append(await stray_agents_check(gateway))
-        if probe:
-            checks.append(await agent_probe(gateway, settings, agent_timeout_s))
-        else:
+        if not probe:
             checks.append(Check("agent worker", "skip", "--no-probe: no test dispatch made"))
+        elif no_probe_because:
+            checks.append(Check("agent worker", "skip", no_probe_because))
+        else:
+            checks.append(await agent_probe(gateway, settings, agent_timeout_s))
     finally:
         await gateway.aclose()
     return checks
@@ -449,6 +456,23 @@ async def agent_probe(gateway: LiveKitGateway, settings: Settings, timeout_s: fl
         await _quietly(gateway.delete_room(room))
 
 
+async def _publisher_workers(redis: Redis, settings: Settings) -> str:
+    """Why the agent probe would tell nothing: the default agent name's workers take a job
+    per publisher, and a test room has nobody publishing ("" when they do not)."""
+    since_ms = int((time.time() - settings.agent_worker_timeout_s) * 1000)
+    try:
+        records = await worker_records(redis, since_ms)
+    except (RedisError, OSError):
+        return ""
+    named = [r for r in records if r.agent_name == settings.agent_name]
+    if named and all(r.job_type == "publisher" for r in named):
+        return (
+            f"the workers of agent_name={settings.agent_name!r} take a job per publisher "
+            "(AGENT_JOB_TYPE=publisher): a test room, where nobody publishes, starts no job"
+        )
+    return ""
+
+
 async def _quietly(call: Awaitable[object]) -> None:
     with contextlib.suppress(LiveKitError):
         await call
@@ -484,6 +508,7 @@ async def run_checks(
                 settings,
                 agent_timeout_s=agent_timeout_s,
                 probe=probe,
+                no_probe_because=await _publisher_workers(redis, settings) if reachable else "",
             )
     finally:
         await redis.aclose()

@@ -87,6 +87,7 @@ async def agent_job(redis: Redis, session_id: str) -> AgentJob | None:
 
 
 SessionHold = Literal["starting", "running"]
+JobType = Literal["room", "publisher"]
 WORKER_RECORD_TTL_S = 3600  # read by its beat's age, not by its presence; kept to be shown
 
 
@@ -122,6 +123,8 @@ class WorkerRecord:
     full: bool = False
     """It reports itself full to LiveKit (its load reached its threshold: its session limit,
     or its CPU)."""
+    job_type: JobType = "room"
+    """AGENT_JOB_TYPE: `room` (a job per dispatch) or `publisher` (a job per publisher)."""
 
     @property
     def offered(self) -> int:
@@ -159,6 +162,7 @@ class WorkerRecord:
                     if isinstance(v, bool)
                 },
                 full=fields.get("full") is True,
+                job_type="publisher" if fields.get("job_type") == "publisher" else "room",
             )
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
@@ -174,7 +178,8 @@ async def beat_worker(redis: Redis, record: WorkerRecord, *, grew: bool = False)
     async with redis.pipeline(transaction=True) as pipe:
         pipe.set(agent_worker_key(record.instance), stamped.to_json(), ex=WORKER_RECORD_TTL_S)
         pipe.zadd(AGENT_WORKERS, {record.instance: now_ms})
-        if record.agent_name:
+        if record.agent_name and record.job_type == "room":
+            # Publisher workers size no line: their jobs follow the people who publish.
             pipe.hset(fleet_key(record.agent_name), record.instance, f"{now_ms} {record.offered}")
             pipe.sadd(LINE_NAMES, record.agent_name)
             if grew:

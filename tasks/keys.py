@@ -145,6 +145,12 @@ def report_filed_key(session_id: str) -> str:
     return f"{PREFIX}report-filed:{session_id}"
 
 
+def parts_key(session_id: str) -> str:
+    """Set of the part sessions of a session whose agents take a job per publisher
+    (AGENT_JOB_TYPE=publisher): one per job."""
+    return f"{PREFIX}parts:{session_id}"
+
+
 def checkpoint_key(session_id: str) -> str:
     """JSON: the last checkpoint a session's handler saved (`SessionContext.checkpoint`), for
     the session that replaces it should its agent die."""

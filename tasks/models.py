@@ -261,6 +261,10 @@ class SessionReport(_Model):
     """The session this one replaced (its agent died with people still in the room)."""
     replaced_by: str | None = None
     """The session that replaced this one (set on a `lost` report)."""
+    part_of: str | None = None
+    """With AGENT_JOB_TYPE=publisher: the event's session this job was one part of."""
+    publisher: str | None = None
+    """With AGENT_JOB_TYPE=publisher: the identity of the participant the job was for."""
 
     @field_validator("started_at", "ended_at")
     @classmethod

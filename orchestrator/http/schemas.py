@@ -153,6 +153,12 @@ class SessionView(_Answer):
     """When its chain's sessions were replaced (unix ms, comma-separated)."""
     chain: list[str] | None = None
     """Its event's sessions, first to last, when agents were replaced (failover)."""
+    job_type: str | None = None
+    """"publisher" when its agents take a job per publisher (AGENT_JOB_TYPE=publisher)."""
+    part_of: str | None = None
+    """On one publisher's job: the event's session it is a part of."""
+    publisher: str | None = None
+    """On one publisher's job: the participant it is for."""
 
 
 class SessionPage(_Answer):

@@ -67,7 +67,10 @@ def why_not(session: Session | None, event: webhook.WebhookEvent) -> str | None:
     closed_s = event.created_at
     if event.event == "room_finished" and closed_s and dispatched_at >= (closed_s + 1) * 1000:
         return "room_closed_before_dispatch"  # our dispatch made a new room of that name
-    if event.event == "participant_left" and not is_session_agent(session, event.participant):
+    if event.event == "participant_left" and (
+        session.job_type == "publisher" or not is_session_agent(session, event.participant)
+    ):
+        # A session of jobs per publisher has many agents, each a part with its own record.
         return "not_the_agent"
     return None
 

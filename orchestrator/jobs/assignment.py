@@ -35,6 +35,7 @@ from livekit import api
 from livekit.protocol import agent
 
 from orchestrator.errors import LiveKitError
+from orchestrator.jobs import publishers
 from orchestrator.jobs.context import Context, of
 from orchestrator.jobs.reports import fail_session
 from orchestrator.jobs.retries import job_lease, retry_or_reason, wait_for_lease
@@ -62,6 +63,8 @@ async def confirm_assignment(
         session_id=session_id, room=session.room, dispatch_id=dispatch_id, attempt=attempt
     )
     try:
+        if await publishers.publisher_agents(c, session.agent_name):
+            return await publishers.confirmed(c, session, dispatch_id)
         taken = (
             await heartbeat.agent_job(c.redis, session_id) if c.settings.agent_heartbeats else None
         )

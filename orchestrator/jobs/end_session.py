@@ -9,6 +9,7 @@ import structlog
 from pydantic import ValidationError
 
 from orchestrator.errors import describe_validation
+from orchestrator.jobs import publishers
 from orchestrator.jobs.context import Context, of
 from orchestrator.jobs.rejections import reject
 from orchestrator.jobs.reports import synthesize_report
@@ -49,7 +50,10 @@ async def end_session(ctx: dict[str, Any], request: Any) -> dict[str, Any]:
         "session end requested", session_id=session_id, room=room, delete_room=parsed.delete_room
     )
 
-    if not agent_took_job:
+    if publishers.of_publishers(session):
+        # Its parts (a job per publisher) end with the dispatch, each with its report.
+        await publishers.close(c, session, parsed.reason)
+    elif not agent_took_job:
         # No agent ever took the job, so no agent will report: close the session here.
         await synthesize_report(
             c,

@@ -71,6 +71,8 @@ async def agent_died(c: Context, session: Session, reason: str) -> Death | None:
 
 async def _why_not_replace(c: Context, session: Session) -> str | None:
     """Why the session gets no new agent; None when it should."""
+    if session.part_of:
+        return "it is one publisher's job: LiveKit starts those by itself"
     if c.settings.max_restarts == 0:
         return "failover is off (LKD_MAX_RESTARTS=0)"
     if session.restart_policy == "never":

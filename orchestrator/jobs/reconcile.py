@@ -5,6 +5,8 @@ What it decides, for each live session that is due:
 - `waiting` in its agent name's line past its event's `expires_at`: it ends (`expired`).
 - `claimed` long after its claim, with its dispatch job gone: the dispatch it made is adopted,
   or the session fails (dead letter) and its room is free.
+- a session of agents that take a job per publisher ends with its room (jobs/publishers.py);
+  each of its parts is looked at as any session.
 - `dispatched` past the time its assignment check should have run, with no check queued or
   running: a new check is queued (a check that failed keeps its job id for an hour, so the
   same id would be refused).
@@ -41,6 +43,7 @@ from typing import Any
 import structlog
 
 from orchestrator.errors import LiveKitError
+from orchestrator.jobs import publishers
 from orchestrator.jobs.context import Context, of
 from orchestrator.jobs.failover import agent_died
 from orchestrator.jobs.fleet import quiet_since
@@ -184,6 +187,9 @@ async def _reconcile_one(
         return await _stale_claim(ctx, c, session, now)
     if status == SessionStatus.DISPATCHED:
         await _ensure_confirmation(c, session, now)
+    if publishers.of_publishers(session):
+        why = await publishers.ended(c, session)
+        return "closed" if why and await publishers.close(c, session, why) else None
     if session_id in evidence.held:
         return None  # a live agent worker of ours holds it, starting or running
     took = _agent_took_job(session, last_beat)

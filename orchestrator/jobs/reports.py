@@ -80,6 +80,7 @@ def synthesized(
     reason: str,
     end_reason: str,
     replaced_by: str | None = None,
+    outputs: dict[str, Any] | None = None,
 ) -> SessionReport:
     """The report the orchestrator writes for a session, from what its record knows."""
     started = _ms_to_dt(session.assigned_at or session.dispatched_at)
@@ -101,6 +102,9 @@ def synthesized(
         source="orchestrator",
         replaces=session.replaces,
         replaced_by=replaced_by,
+        part_of=session.part_of,
+        publisher=session.publisher,
+        outputs=outputs or {},
     )
 
 

@@ -87,6 +87,13 @@ class Session:
     restarts: str | None = None
     """When the sessions of its chain were replaced (unix ms, comma-separated), for the
     restart budget (LKD_MAX_RESTARTS within LKD_RESTART_WINDOW_S)."""
+    job_type: str | None = None
+    """"publisher" when its agents take a job per publisher (AGENT_JOB_TYPE=publisher): on
+    the event's session, which ends with its room, and on each of its parts."""
+    part_of: str | None = None
+    """On a part (one publisher's job): the event's session it belongs to."""
+    publisher: str | None = None
+    """On a part: the identity of the participant its job is for."""
 
     def restart_times(self) -> list[int]:
         return [int(t) for t in (self.restarts or "").split(",") if t.isdigit()]

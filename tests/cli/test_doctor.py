@@ -274,3 +274,19 @@ async def test_a_room_whose_agent_came_from_elsewhere_is_a_warning_with_the_fix(
 
 async def _has(value: object, expected: object) -> bool:
     return await value == expected  # type: ignore[misc]
+
+
+async def test_publisher_workers_are_shown_and_not_probed(
+    sim: LiveKitSim, settings: Settings, arq_redis: ArqRedis, orchestrator: object, cli: Cli
+) -> None:
+    record = WorkerRecord("AI_p", AGENT, "AW_p", 4, {}, job_type="publisher")
+    await beat_worker(arq_redis, record)
+
+    ran = await cli("doctor", "--json", "--agent-timeout-s", "1")
+
+    checks = {c["name"]: c for c in ran.json()["checks"]}
+    assert "a job per publisher" in checks["agent workers"]["detail"]
+    probe = checks["agent worker"]
+    assert probe["status"] == "skip"
+    assert "AGENT_JOB_TYPE=publisher" in probe["detail"]
+    assert not [r for r in sim.rooms if r.startswith("lkd-doctor-")]  # no test dispatch made
