@@ -63,13 +63,13 @@ async def confirm_assignment(
         session_id=session_id, room=session.room, dispatch_id=dispatch_id, attempt=attempt
     )
     try:
-        if await publishers.publisher_agents(c, session.agent_name):
-            return await publishers.confirmed(c, session, dispatch_id)
         taken = (
             await heartbeat.agent_job(c.redis, session_id) if c.settings.agent_heartbeats else None
         )
         if taken is not None and taken.dispatch_id == dispatch_id:
             return await _assigned(c, session, dispatch_id, taken.job_id, taken.worker_id, "agent")
+        if await publishers.publisher_agents(c, session.agent_name):
+            return await publishers.confirmed(c, session, dispatch_id)
         lease = job_lease(ctx)
         while True:
             answer, busy_ms = await c.store.take_lease(
