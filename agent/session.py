@@ -181,7 +181,6 @@ class Session:
     async def _open_part(self, session_id: str) -> None:
         """Make this part's record, so that the orchestrator accounts for it as for any
         session (should it die, it is `lost`); Redis away: its report still comes."""
-        assert self.metadata is not None
         job = self.ctx.job
         try:
             await asyncio.wait_for(
